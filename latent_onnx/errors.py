@@ -1,0 +1,31 @@
+"""User-facing errors: each carries a one-line message that says what is wrong and what to do."""
+
+
+class LatentOnnxError(Exception):
+    """Base of every error the runtime raises on bad input; the CLI prints it as one line."""
+
+    exit_code = 2
+
+
+class BundleError(LatentOnnxError):
+    """A bundle is missing, malformed, corrupted or tampered with."""
+
+    exit_code = 3
+
+
+class InputError(LatentOnnxError):
+    """A class name, caption, number or path given by the user is not usable."""
+
+    exit_code = 2
+
+
+class DeviceError(LatentOnnxError):
+    """The requested execution device is not available."""
+
+    exit_code = 4
+
+
+class OutputError(LatentOnnxError):
+    """An output file cannot be written (or would overwrite an existing file)."""
+
+    exit_code = 5
