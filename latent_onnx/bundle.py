@@ -1,0 +1,373 @@
+"""Load and verify a bundle directory (docs/bundle-format.md, format version 1).
+
+Every field of manifest.json is validated, every file is confined to the bundle directory and
+checked against its sha256, and graphs are handed out as verified bytes (never re-read by path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .errors import BundleError
+from .onnx_scan import MalformedModel, uses_external_data
+from .priors import GaussianMixturePrior, GaussianPrior, check_mixture_arrays
+
+FORMAT = "latent-onnx-bundle"
+FORMAT_VERSION = 1
+DEFAULT_BUNDLE = "fashion-colors"
+BUNDLE_ENV = "LATENT_ONNX_BUNDLE"
+ROLES = ("generator", "classifier", "class_grad", "caption_grad", "encoder", "composite_class_grad")
+SAMPLER_KEYS = ("steps", "eps1", "eps2", "prior_weight", "condition_scale", "eps1_final", "normalize_grad")
+_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+_SHA_PATTERN = re.compile(r"[0-9a-f]{64}\Z")
+_TOP_KEYS = {
+    "format", "format_version", "name", "description", "license", "latent", "image", "classes",
+    "caption", "graphs", "sampler", "presets", "provenance",
+}
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file of the bundle as the manifest names it."""
+
+    file: str  # relative POSIX path inside the bundle
+    sha256: str  # 64 lowercase hex digits
+    field: str  # manifest field that names it, for error messages
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle. Graph bytes come from `graph_bytes(role)`, re-verified on every read."""
+
+    root: Path  # the bundle directory (resolved)
+    name: str
+    description: str
+    license: str
+    latent_dim: int  # D
+    prior: GaussianPrior | GaussianMixturePrior  # p(z) used in the sampler's prior term
+    init: GaussianPrior | GaussianMixturePrior  # distribution of z_0
+    clip: tuple[float, float] | None  # z clipped to [lo, hi] after every step
+    image_hw: tuple[int, int]  # (H, W) of the generator's output
+    classes: list[list[str]] | None  # per class index, its names (display name first)
+    vocabulary: list[str] | None  # token id -> word, "<eos>" at 0
+    max_tokens: int | None  # T of caption_grad
+    graphs: dict[str, FileRef]  # role -> file
+    sampler: dict  # the bundle's default sampler settings (SAMPLER_KEYS)
+    presets: dict[str, dict]  # name -> partial sampler overrides
+    provenance: dict  # free-form
+    manifest_sha256: str  # sha256 of manifest.json: identifies the bundle and, through it, every file
+    manifest: dict = field(repr=False)  # the raw manifest
+
+    @property
+    def class_names(self) -> list[str]:
+        """Display name of every class, by index (empty when the bundle has no classes)."""
+        return [names[0] for names in self.classes or []]
+
+    def has_graph(self, role: str) -> bool:
+        return role in self.graphs
+
+    def graph_bytes(self, role: str) -> bytes:
+        """The verified bytes of a graph; BundleError when absent, changed or using external data."""
+        if role not in self.graphs:
+            raise BundleError(f"bundle '{self.name}' has no {role} graph")
+        ref = self.graphs[role]
+        data = _read_verified(self.root, ref)
+        try:
+            external = uses_external_data(data)
+        except MalformedModel:
+            raise BundleError(f"bundle '{self.name}': {ref.file} is not a valid ONNX file") from None
+        if external:
+            raise BundleError(
+                f"bundle '{self.name}': {ref.file} uses ONNX external data, which bundles may not;"
+                " re-export it as one self-contained file"
+            )
+        return data
+
+
+def shipped_models_dir() -> Path:
+    """Where the shipped bundles live: the installed data package, else the source tree's onnx_models/."""
+    try:
+        import latent_onnx.models as models  # installed by `pip install .`
+    except ImportError:
+        return Path(__file__).resolve().parent.parent / "onnx_models"
+    return Path(next(iter(models.__path__)))
+
+
+def shipped_bundle_names() -> list[str]:
+    directory = shipped_models_dir()
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if (p / "manifest.json").is_file())
+
+
+def resolve_bundle_dir(path_or_name: str | os.PathLike | None) -> Path:
+    """The bundle directory for a path, a shipped bundle name, or None (env LATENT_ONNX_BUNDLE, else the default)."""
+    if path_or_name is None:
+        path_or_name = os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE
+    text = os.fspath(path_or_name)
+    looks_like_path = isinstance(path_or_name, os.PathLike) or "/" in text or os.sep in text or text.startswith((".", "~"))
+    if looks_like_path or (Path(text) / "manifest.json").is_file():
+        path = Path(text).expanduser()
+        if not (path / "manifest.json").is_file():
+            raise BundleError(f"{path} is not a bundle directory (no manifest.json in it)")
+        return path.resolve()
+    shipped = shipped_models_dir() / text
+    if (shipped / "manifest.json").is_file():
+        return shipped.resolve()
+    names = shipped_bundle_names()
+    available = f"shipped bundles: {', '.join(names)}" if names else "no bundle is shipped in this installation"
+    raise BundleError(
+        f"no bundle named '{text}' ({available}); pass --bundle PATH (or set {BUNDLE_ENV}) to a bundle directory"
+    )
+
+
+def load_bundle(path_or_name: str | os.PathLike | None = None) -> Bundle:
+    """Load, validate and verify a bundle: a directory path, a shipped bundle name, or None for the default."""
+    root = resolve_bundle_dir(path_or_name)
+    return _ManifestReader(root).read()
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _confined_path(root: Path, ref: FileRef) -> Path:
+    """The absolute path of a bundle file; BundleError when its name could leave the bundle directory."""
+    posix = PurePosixPath(ref.file)
+    if (
+        not ref.file
+        or "\\" in ref.file
+        or posix.is_absolute()
+        or any(part in ("..", ".") for part in ref.file.split("/"))
+        or re.match(r"[A-Za-z]:", ref.file)
+    ):
+        raise BundleError(f"bundle {root}: manifest field '{ref.field}' names '{ref.file}', which is not a plain relative path inside the bundle")
+    path = root.joinpath(*posix.parts)
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise BundleError(f"bundle {root}: '{ref.file}' ({ref.field}) resolves outside the bundle directory")
+    return resolved
+
+
+def _read_verified(root: Path, ref: FileRef) -> bytes:
+    path = _confined_path(root, ref)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"bundle {root}: file '{ref.file}' ({ref.field}) is missing") from None
+    except OSError as error:
+        raise BundleError(f"bundle {root}: cannot read '{ref.file}' ({ref.field}): {error.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise BundleError(
+            f"bundle {root}: '{ref.file}' ({ref.field}) does not match its sha256 (truncated, corrupted or"
+            " tampered with); restore the bundle from its source"
+        )
+    return data
+
+
+class _ManifestReader:
+    """Validates manifest.json field by field; every error names the field."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def fail(self, where: str, message: str):
+        raise BundleError(f"bundle {self.root}: manifest.json field '{where}' {message}")
+
+    def read(self) -> Bundle:
+        try:
+            raw = (self.root / "manifest.json").read_bytes()
+            manifest = json.loads(raw.decode("utf-8"))
+        except json.JSONDecodeError as error:
+            raise BundleError(f"bundle {self.root}: manifest.json is not valid JSON (line {error.lineno}: {error.msg})") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise BundleError(f"bundle {self.root}: cannot read manifest.json ({error})") from None
+        m = self.obj(manifest, "(top level)", required=set(), optional=_TOP_KEYS)
+        if m.get("format") != FORMAT:
+            self.fail("format", f"must be \"{FORMAT}\"")
+        if m.get("format_version") != FORMAT_VERSION or isinstance(m.get("format_version"), bool):
+            self.fail("format_version", f"must be {FORMAT_VERSION} (this runtime reads format version {FORMAT_VERSION} only)")
+        name = self.string(m, "name")
+        if not _NAME_PATTERN.match(name):
+            self.fail("name", "must match [a-z0-9][a-z0-9._-]*")
+
+        latent = self.obj(m.get("latent"), "latent", required={"dim", "prior"}, optional={"init", "clip"})
+        dim = self.integer(latent, "dim", "latent.dim", minimum=1)
+        image = self.obj(m.get("image"), "image", required={"height", "width", "channels"})
+        height = self.integer(image, "height", "image.height", minimum=1)
+        width = self.integer(image, "width", "image.width", minimum=1)
+        if image["channels"] != 3 or isinstance(image["channels"], bool):
+            self.fail("image.channels", "must be 3")
+
+        graphs_obj = self.obj(m.get("graphs"), "graphs", required={"generator"}, optional=set(ROLES))
+        graphs = {role: self.file_ref(graphs_obj[role], f"graphs.{role}") for role in ROLES if role in graphs_obj}
+        for ref in graphs.values():
+            self.verify(ref)
+
+        classes = None
+        if "classes" in m:
+            classes = self.read_classes(self.file_ref(m["classes"], "classes"))
+        elif "classifier" in graphs or "class_grad" in graphs or "composite_class_grad" in graphs:
+            self.fail("classes", "is required when the bundle has a classifier or class gradient graph")
+
+        vocabulary = max_tokens = None
+        if "caption" in m:
+            caption = self.obj(m["caption"], "caption", required={"vocabulary", "max_tokens"})
+            vocabulary = self.read_vocabulary(self.file_ref(caption["vocabulary"], "caption.vocabulary"))
+            max_tokens = self.integer(caption, "max_tokens", "caption.max_tokens", minimum=2)
+        elif "caption_grad" in graphs:
+            self.fail("caption", "is required when the bundle has a caption_grad graph")
+
+        prior = self.distribution(latent["prior"], "latent.prior", dim)
+        init = self.distribution(latent["init"], "latent.init", dim) if latent.get("init") is not None else prior
+        clip = self.clip(latent.get("clip"))
+        sampler = self.sampler(m.get("sampler"), "sampler", partial=False)
+        presets_obj = m.get("presets") or {}
+        if not isinstance(presets_obj, dict):
+            self.fail("presets", "must be an object")
+        presets = {key: self.sampler(value, f"presets.{key}", partial=True) for key, value in presets_obj.items()}
+        provenance = m.get("provenance") or {}
+        if not isinstance(provenance, dict):
+            self.fail("provenance", "must be an object")
+        return Bundle(
+            root=self.root, name=name,
+            description=self.string(m, "description", required=False),
+            license=self.string(m, "license", required=False),
+            latent_dim=dim, prior=prior, init=init, clip=clip, image_hw=(height, width),
+            classes=classes, vocabulary=vocabulary, max_tokens=max_tokens, graphs=graphs,
+            sampler=sampler, presets=presets, provenance=provenance,
+            manifest_sha256=hashlib.sha256(raw).hexdigest(), manifest=manifest,
+        )
+
+    # --- field helpers -------------------------------------------------------------------
+
+    def obj(self, value, where: str, required: set, optional: set = frozenset()) -> dict:
+        if not isinstance(value, dict):
+            self.fail(where, "must be an object" if value is not None else "is missing")
+        missing = sorted(required - value.keys())
+        if missing:
+            self.fail(f"{where}.{missing[0]}" if where != "(top level)" else missing[0], "is missing")
+        unknown = sorted(value.keys() - required - optional)
+        if unknown:
+            prefix = "" if where == "(top level)" else f"{where}."
+            self.fail(f"{prefix}{unknown[0]}", "is not a field of format version 1")
+        return value
+
+    def string(self, obj: dict, key: str, required: bool = True) -> str:
+        value = obj.get(key, None if required else "")
+        if not isinstance(value, str):
+            self.fail(key, "must be a string")
+        return value
+
+    def integer(self, obj: dict, key: str, where: str, minimum: int) -> int:
+        value = obj.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            self.fail(where, f"must be an integer >= {minimum}")
+        return value
+
+    def number(self, value, where: str, minimum: float, strict: bool) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < minimum or (strict and value == minimum):
+            self.fail(where, f"must be a finite number {'>' if strict else '>='} {minimum:g}")
+        return float(value)
+
+    def file_ref(self, value, where: str) -> FileRef:
+        value = self.obj(value, where, required={"file", "sha256"})
+        if not isinstance(value["file"], str):
+            self.fail(f"{where}.file", "must be a string")
+        if not isinstance(value["sha256"], str) or not _SHA_PATTERN.match(value["sha256"]):
+            self.fail(f"{where}.sha256", "must be 64 lowercase hex digits")
+        ref = FileRef(file=value["file"], sha256=value["sha256"], field=f"{where}.file")
+        _confined_path(self.root, ref)
+        return ref
+
+    def verify(self, ref: FileRef):
+        path = _confined_path(self.root, ref)
+        if not path.is_file():
+            raise BundleError(f"bundle {self.root}: file '{ref.file}' ({ref.field}) is missing")
+        if _sha256_of(path) != ref.sha256:
+            raise BundleError(
+                f"bundle {self.root}: '{ref.file}' ({ref.field}) does not match its sha256 (truncated, corrupted"
+                " or tampered with); restore the bundle from its source"
+            )
+
+    def text_lines(self, ref: FileRef) -> list[str]:
+        try:
+            text = _read_verified(self.root, ref).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BundleError(f"bundle {self.root}: '{ref.file}' ({ref.field}) is not UTF-8 text") from None
+        lines = text.splitlines()
+        if not lines or any(not line.strip() for line in lines):
+            raise BundleError(f"bundle {self.root}: '{ref.file}' ({ref.field}) must hold one non-empty entry per line")
+        return [line.strip() for line in lines]
+
+    def read_classes(self, ref: FileRef) -> list[list[str]]:
+        return [[name.strip() for name in line.split(", ") if name.strip()] for line in self.text_lines(ref)]
+
+    def read_vocabulary(self, ref: FileRef) -> list[str]:
+        words = self.text_lines(ref)
+        if words[0] != "<eos>":
+            raise BundleError(f"bundle {self.root}: '{ref.file}' ({ref.field}) must have <eos> on its first line")
+        return words
+
+    def distribution(self, value, where: str, dim: int):
+        if not isinstance(value, dict) or value.get("kind") not in ("gaussian", "gaussian_mixture"):
+            self.fail(f"{where}.kind", "must be \"gaussian\" or \"gaussian_mixture\"")
+        if value["kind"] == "gaussian":
+            self.obj(value, where, required={"kind", "mean", "std"})
+            mean = self.number(value["mean"], f"{where}.mean", -math.inf, strict=False)
+            std = self.number(value["std"], f"{where}.std", 0.0, strict=True)
+            return GaussianPrior(dim=dim, mean=mean, std=std)
+        self.obj(value, where, required={"kind", "file", "sha256", "components"})
+        components = self.integer(value, "components", f"{where}.components", minimum=1)
+        ref = self.file_ref({"file": value["file"], "sha256": value["sha256"]}, where)
+        try:
+            with np.load(io.BytesIO(_read_verified(self.root, ref)), allow_pickle=False) as npz:
+                arrays = {key: np.asarray(npz[key], dtype=np.float64) for key in ("weights", "means", "scale_tril")}
+        except (KeyError, ValueError, OSError) as error:
+            raise BundleError(f"bundle {self.root}: '{ref.file}' ({where}) is not a prior .npz with weights, means, scale_tril ({error})") from None
+        problem = check_mixture_arrays(arrays["weights"], arrays["means"], arrays["scale_tril"], dim)
+        if problem is None and len(arrays["weights"]) != components:
+            problem = f"holds {len(arrays['weights'])} components, the manifest says {components}"
+        if problem:
+            raise BundleError(f"bundle {self.root}: '{ref.file}' ({where}): {problem}")
+        return GaussianMixturePrior(**arrays)
+
+    def clip(self, value) -> tuple[float, float] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) != 2:
+            self.fail("latent.clip", "must be null or [lo, hi]")
+        lo = self.number(value[0], "latent.clip[0]", -math.inf, strict=False)
+        hi = self.number(value[1], "latent.clip[1]", -math.inf, strict=False)
+        if not lo < hi:
+            self.fail("latent.clip", "must have lo < hi")
+        return (lo, hi)
+
+    def sampler(self, value, where: str, partial: bool) -> dict:
+        required = set() if partial else {"steps", "eps1", "eps2", "prior_weight"}
+        value = self.obj(value if value is not None or partial else None, where, required=required, optional=set(SAMPLER_KEYS))
+        settings = dict(value)
+        if "steps" in value:
+            self.integer(value, "steps", f"{where}.steps", minimum=1)
+        for key, minimum, strict in (("eps1", 0.0, True), ("eps2", 0.0, False), ("prior_weight", 0.0, False), ("condition_scale", 0.0, True)):
+            if key in value:
+                settings[key] = self.number(value[key], f"{where}.{key}", minimum, strict)
+        if value.get("eps1_final") is not None:
+            settings["eps1_final"] = self.number(value["eps1_final"], f"{where}.eps1_final", 0.0, strict=True)
+        if "normalize_grad" in value and not isinstance(value["normalize_grad"], bool):
+            self.fail(f"{where}.normalize_grad", "must be true or false")
+        return settings

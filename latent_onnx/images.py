@@ -1,0 +1,100 @@
+"""Image files: PNGs that carry their generation parameters, grids, trajectory GIFs.
+
+Every file is written whole (a temporary name in the same folder, then a rename) and never
+replaces an existing file unless asked to.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from .errors import OutputError
+
+PNG_TEXT_KEY = "latent-onnx"  # PNG tEXt key holding the JSON generation parameters
+
+
+def check_output_dir(directory: Path) -> None:
+    """OutputError unless `directory` exists as a writable folder or can be created under one."""
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot write to {directory}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to {directory}: {probe} is not writable; choose another --out folder")
+
+
+def check_new_files(paths: list[Path], overwrite: bool) -> None:
+    """OutputError when any path exists (and overwriting was not asked for) or is a folder."""
+    for path in paths:
+        if path.is_dir():
+            raise OutputError(f"{path} is a folder; choose another --out folder")
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path} already exists; pass --overwrite or choose another --out folder")
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Call write(file object) on a temporary file next to `path`, then rename it to `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror}") from None
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, path)
+    except OSError as error:
+        os.unlink(temp_name)
+        raise OutputError(f"cannot write {path}: {error.strerror}") from None
+    except BaseException:
+        os.unlink(temp_name)
+        raise
+
+
+def save_png(image: Image.Image, path: Path, text: dict[str, str]) -> None:
+    """Write a PNG with `text` as tEXt chunks (key -> value)."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    _write_atomic(path, lambda stream: image.save(stream, format="PNG", pnginfo=info))
+
+
+def save_gif(frames: list[Image.Image], path: Path, frame_ms: int = 80) -> None:
+    """Write an animated GIF that loops, holding the last frame a second."""
+    durations = [frame_ms] * (len(frames) - 1) + [1000]
+    _write_atomic(
+        path,
+        lambda stream: frames[0].save(
+            stream, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0
+        ),
+    )
+
+
+def make_grid(pixels: np.ndarray, columns: int | None = None, gap: int = 2) -> Image.Image:
+    """A grid image from uint8 [N, H, W, 3] images, `columns` wide (default: about square)."""
+    count, height, width, _ = pixels.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    canvas = np.zeros((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), dtype=np.uint8)
+    for index, image in enumerate(pixels):
+        top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
+        canvas[top : top + height, left : left + width] = image
+    return Image.fromarray(canvas)
+
+
+def to_pixels(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """An image as uint8 [H, W, 3] RGB: converted, then resized (bicubic) when its size differs."""
+    rgb = image.convert("RGB")
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8)

@@ -1,0 +1,223 @@
+"""The pipeline: a bundle's graphs plus the SGLD loop, batching and decoding.
+
+Built once (`Pipeline.from_bundle`) and called many times; `generate` keeps all its state local,
+so one pipeline may serve several threads at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .bundle import SAMPLER_KEYS, Bundle, load_bundle
+from .conditioning import ClassIndex, GradientTarget, caption_tokens
+from .errors import InputError
+from .images import to_pixels
+from .sampler import SamplerConfig, SGLDSampler
+from .sessions import GraphRunner, SessionFactory
+
+PATHS = ("latent", "composite")
+MAX_SAMPLES = 100_000
+MAX_BATCH = 4096
+
+StepCallback = Callable[[int, int, np.ndarray], None]  # (step done 1..total, total, z [b, D] of the batch)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """What to generate. Sampler fields left at None take the bundle's (or the preset's) defaults."""
+
+    classes: str | None = None  # class spec: "sneaker", "11", "sneaker:0.7,sandal:0.3", negative weights push away
+    caption: str | None = None  # a caption in the bundle's vocabulary (instead of classes)
+    n: int = 1  # number of samples
+    seed: int | None = None  # >= 0; None draws one (returned in the result's options)
+    start_index: int = 0  # sample indices run start_index .. start_index + n - 1; sample i uses rng [seed, i]
+    batch_size: int = 16  # chains run together; results do not depend on it
+    preset: str | None = None  # a named set of sampler settings from the bundle (e.g. "paper")
+    steps: int | None = None
+    eps1: float | None = None
+    eps2: float | None = None
+    prior_weight: float | None = None
+    condition_scale: float | None = None
+    eps1_final: float | None = None
+    normalize_grad: bool | None = None
+    init_image: Image.Image | None = None  # start every chain at encoder(init_image) instead of the prior
+    path: str = "latent"  # "latent": the MLP gradient graph; "composite": the gradient through G then the classifier
+    callback: StepCallback | None = None  # called after every step
+    init_z: np.ndarray | None = None  # float32 [n, D] injected starting codes (tests, round trips)
+    noise: np.ndarray | None = None  # float32 [steps, n, D] injected standard-normal noise (scaled by sqrt(eps2))
+
+    def describe(self) -> dict:
+        """The options as JSON-ready values (arrays, images and callbacks left out)."""
+        skip = {"init_image", "callback", "init_z", "noise"}
+        return {key: value for key, value in asdict(self).items() if key not in skip}
+
+
+@dataclass
+class GenerationResult:
+    """The samples of one `generate` call."""
+
+    images: list[Image.Image]  # n RGB images
+    z: np.ndarray  # float32 [n, D]: final codes
+    logp: np.ndarray  # float32 [n]: log p(condition | z) at the final codes
+    indices: list[int]  # the sample index of each image (its rng is [seed, index])
+    options: GenerateOptions  # the options, with the seed actually used
+    config: SamplerConfig  # the sampler settings actually used
+    bundle_name: str
+    pixels: np.ndarray = field(repr=False)  # uint8 [n, H, W, 3], the same images as an array
+
+
+def _check_int(name: str, value, low: int, high: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not low <= value <= high:
+        raise InputError(f"{name} must be an integer from {low} to {high}, not {value!r}")
+    return int(value)
+
+
+class Pipeline:
+    """A bundle's graphs on one device, ready to generate."""
+
+    def __init__(self, bundle: Bundle, factory: SessionFactory):
+        self.bundle = bundle
+        self.factory = factory
+        self.class_index = ClassIndex(bundle.classes) if bundle.classes else None
+        self._runners: dict[str, GraphRunner] = {}
+        self._lock = threading.Lock()
+        self.runner("generator")
+
+    @classmethod
+    def from_bundle(cls, bundle_or_path: Bundle | str | Path | None = None, device: str = "auto", threads: int | None = None) -> "Pipeline":
+        """A pipeline for a Bundle, a bundle path or shipped name, or None (the default bundle)."""
+        bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path)
+        return cls(bundle, SessionFactory(device=device, threads=threads))
+
+    def runner(self, role: str) -> GraphRunner:
+        """The checked session of one graph, opened on first use."""
+        with self._lock:
+            if role not in self._runners:
+                self._runners[role] = self.factory.create(self.bundle, role)
+            return self._runners[role]
+
+    def open_all(self) -> dict[str, GraphRunner]:
+        """Open (and so check) every graph of the bundle."""
+        return {role: self.runner(role) for role in self.bundle.graphs}
+
+    # --- building blocks -------------------------------------------------------------
+
+    def sampler_config(self, preset: str | None = None, **overrides) -> SamplerConfig:
+        """The bundle's sampler defaults, then the preset, then explicit overrides (None = keep)."""
+        settings = {key: self.bundle.sampler[key] for key in SAMPLER_KEYS if key in self.bundle.sampler}
+        if preset is not None:
+            if preset not in self.bundle.presets:
+                known = ", ".join(sorted(self.bundle.presets)) or "none"
+                raise InputError(f"unknown preset '{preset}' (this bundle's presets: {known})")
+            settings.update(self.bundle.presets[preset])
+        return SamplerConfig(clip=self.bundle.clip, **settings).updated(**overrides)
+
+    def class_weights(self, spec: str) -> np.ndarray:
+        """Class weights float32 [K] from a class spec (see ClassIndex.weights)."""
+        if self.class_index is None:
+            raise InputError(f"bundle '{self.bundle.name}' has no classes; use a caption instead")
+        return self.class_index.weights(spec)
+
+    def caption_tokens(self, caption: str) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens int64 [T], mask float32 [T]) for a caption."""
+        if self.bundle.vocabulary is None or not self.bundle.has_graph("caption_grad"):
+            raise InputError(f"bundle '{self.bundle.name}' has no captioner; use --class instead")
+        return caption_tokens(caption, self.bundle.vocabulary, self.bundle.max_tokens)
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Images uint8 [B, H, W, 3] from codes float32 [B, D]."""
+        return self.runner("generator").run(z=np.ascontiguousarray(z, dtype=np.float32))["image"]
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Codes float32 [B, D] from images uint8 [B, H, W, 3] (RGB, the bundle's size)."""
+        if not self.bundle.has_graph("encoder"):
+            raise InputError(f"bundle '{self.bundle.name}' has no encoder, so it cannot start from an image")
+        return self.runner("encoder").run(image=images)["z"]
+
+    def target(self, classes: str | None, caption: str | None, path: str = "latent") -> GradientTarget:
+        """The gradient target for a class spec or a caption on the latent or composite path."""
+        if path not in PATHS:
+            raise InputError(f"path must be one of {', '.join(PATHS)}, not '{path}'")
+        if (classes is None) == (caption is None):
+            raise InputError("give exactly one of a class (--class) or a caption (--caption)")
+        if caption is not None:
+            if path == "composite":
+                raise InputError("the composite path samples towards classes only; drop --caption or use --path latent")
+            tokens, mask = self.caption_tokens(caption)
+            return GradientTarget(self.runner("caption_grad"), {"tokens": tokens, "mask": mask})
+        weights = self.class_weights(classes)
+        role = "class_grad" if path == "latent" else "composite_class_grad"
+        if not self.bundle.has_graph(role):
+            raise InputError(f"bundle '{self.bundle.name}' has no {role} graph; use another --path")
+        return GradientTarget(self.runner(role), {"weights": weights})
+
+    # --- the loop --------------------------------------------------------------------
+
+    def generate(self, options: GenerateOptions | None = None, **kwargs) -> GenerationResult:
+        """Run SGLD chains and decode them; kwargs override fields of `options`."""
+        options = replace(options or GenerateOptions(), **kwargs)
+        n = _check_int("n", options.n, 1, MAX_SAMPLES)
+        batch_size = _check_int("batch size", options.batch_size, 1, MAX_BATCH)
+        start = _check_int("start index", options.start_index, 0, 2**63 - 1)
+        seed = secrets.randbits(32) if options.seed is None else _check_int("seed", options.seed, 0, 2**63 - 1)
+        options = replace(options, seed=seed)
+        config = self.sampler_config(
+            options.preset, **{key: getattr(options, key) for key in SAMPLER_KEYS}
+        )
+        target = self.target(options.classes, options.caption, options.path)
+        dim = self.bundle.latent_dim
+        init_z = self._checked_array("init_z", options.init_z, (n, dim))
+        noise = self._checked_array("noise", options.noise, (config.steps, n, dim))
+        if options.init_image is not None and init_z is None:
+            pixels = to_pixels(options.init_image, *self.bundle.image_hw)[None]
+            init_z = np.repeat(self.encode(pixels), n, axis=0)
+
+        sampler = SGLDSampler(config)
+        batches = [range(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+        total = config.steps * len(batches)
+        z_out, logp_out, pixels_out = [], [], []
+        for number, rows in enumerate(batches):
+            rngs = [np.random.default_rng([seed, start + row]) for row in rows]
+            if init_z is not None:
+                z = init_z[rows.start : rows.stop].copy()
+            else:
+                z = np.stack([self.bundle.init.sample(rng) for rng in rngs])
+            for step in range(config.steps):
+                _, cond_grad = target(z)
+                prior_grad = self.bundle.prior.grad_log_prob(z) if config.prior_weight else None
+                if noise is not None:
+                    step_noise = noise[step, rows.start : rows.stop]
+                else:
+                    step_noise = np.stack([rng.standard_normal(dim, dtype=np.float32) for rng in rngs])
+                z = sampler.step(z, cond_grad, prior_grad, step_noise, step)
+                if options.callback is not None:
+                    options.callback(number * config.steps + step + 1, total, z)
+            logp, _ = target(z)
+            z_out.append(z)
+            logp_out.append(logp)
+            pixels_out.append(self.decode(z))
+        pixels = np.concatenate(pixels_out)
+        return GenerationResult(
+            images=[Image.fromarray(image) for image in pixels],
+            z=np.concatenate(z_out), logp=np.concatenate(logp_out).astype(np.float32),
+            indices=[start + row for row in range(n)], options=options, config=config,
+            bundle_name=self.bundle.name, pixels=pixels,
+        )
+
+    @staticmethod
+    def _checked_array(name: str, array: np.ndarray | None, shape: tuple) -> np.ndarray | None:
+        if array is None:
+            return None
+        array = np.asarray(array)
+        if array.shape != shape or not np.issubdtype(array.dtype, np.floating):
+            raise InputError(f"{name} must be a float array of shape {list(shape)}, not {array.dtype} {list(array.shape)}")
+        if not np.all(np.isfinite(array)):
+            raise InputError(f"{name} has non-finite values")
+        return array.astype(np.float32)

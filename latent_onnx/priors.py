@@ -1,0 +1,94 @@
+"""Latent priors p(z) in NumPy: drawing z_0 and the gradient of log p(z) for the sampler.
+
+All arrays are float32 [B, D] at the interface; mixtures compute in float64 internally.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GaussianPrior:
+    """Isotropic N(mean, std^2 I) in D dimensions."""
+
+    dim: int  # D
+    mean: float  # the same mean for every coordinate
+    std: float  # > 0
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """One draw, float32 [D]."""
+        return (self.mean + self.std * rng.standard_normal(self.dim)).astype(np.float32)
+
+    def grad_log_prob(self, z: np.ndarray) -> np.ndarray:
+        """d log p / dz for z float32 [B, D] -> float32 [B, D]."""
+        return ((self.mean - z) / (self.std * self.std)).astype(np.float32)
+
+    def describe(self) -> str:
+        return f"gaussian N({self.mean:g}, {self.std:g}^2 I)"
+
+
+@dataclass(frozen=True)
+class GaussianMixturePrior:
+    """Mixture of M full-covariance Gaussians, covariance_m = L_m L_m^T.
+
+    weights [M] float64 (sum 1), means [M, D] float64, scale_tril [M, D, D] float64 (lower, diag > 0).
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    scale_tril: np.ndarray
+
+    def __post_init__(self):
+        inverse = np.linalg.inv(self.scale_tril)  # [M, D, D], lower triangular
+        log_det = np.log(np.diagonal(self.scale_tril, axis1=1, axis2=2)).sum(axis=1)
+        object.__setattr__(self, "_inverse_tril", inverse)
+        object.__setattr__(self, "_log_norm", np.log(self.weights) - log_det)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """One draw, float32 [D]: pick a component, then mean + L @ normal."""
+        component = rng.choice(len(self.weights), p=self.weights)
+        noise = rng.standard_normal(self.dim)
+        return (self.means[component] + self.scale_tril[component] @ noise).astype(np.float32)
+
+    def grad_log_prob(self, z: np.ndarray) -> np.ndarray:
+        """d log p / dz for z float32 [B, D] -> float32 [B, D]."""
+        centred = z.astype(np.float64)[:, None, :] - self.means[None]  # [B, M, D]
+        whitened = np.einsum("mij,bmj->bmi", self._inverse_tril, centred)  # L^-1 (z - mu)
+        log_resp = self._log_norm[None] - 0.5 * np.sum(whitened**2, axis=2)  # [B, M]
+        log_resp -= log_resp.max(axis=1, keepdims=True)
+        resp = np.exp(log_resp)
+        resp /= resp.sum(axis=1, keepdims=True)
+        precision_times = np.einsum("mji,bmj->bmi", self._inverse_tril, whitened)  # Sigma^-1 (z - mu)
+        return (-np.einsum("bm,bmi->bi", resp, precision_times)).astype(np.float32)
+
+    def describe(self) -> str:
+        return f"gaussian mixture ({len(self.weights)} components)"
+
+
+def check_mixture_arrays(weights, means, scale_tril, dim: int) -> str | None:
+    """Return what is wrong with mixture arrays for dimension `dim`, or None when they are usable."""
+    if weights.ndim != 1 or len(weights) < 1:
+        return "weights must be a non-empty 1-d array"
+    m = len(weights)
+    if means.shape != (m, dim):
+        return f"means must have shape [{m}, {dim}], not {list(means.shape)}"
+    if scale_tril.shape != (m, dim, dim):
+        return f"scale_tril must have shape [{m}, {dim}, {dim}], not {list(scale_tril.shape)}"
+    for name, array in (("weights", weights), ("means", means), ("scale_tril", scale_tril)):
+        if not np.all(np.isfinite(array)):
+            return f"{name} has non-finite values"
+    if np.any(weights < 0) or not math.isclose(float(weights.sum()), 1.0, abs_tol=1e-6):
+        return "weights must be non-negative and sum to 1"
+    if np.any(np.triu(scale_tril, k=1) != 0):
+        return "scale_tril must be lower triangular"
+    if np.any(np.diagonal(scale_tril, axis1=1, axis2=2) <= 0):
+        return "scale_tril must have a positive diagonal"
+    return None

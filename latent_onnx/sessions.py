@@ -1,0 +1,163 @@
+"""One ONNX Runtime session factory for every graph, and a checked runner per graph.
+
+`SessionFactory` picks the execution provider (`auto`, `cpu`, `cuda`) and the thread settings in one
+place; `GraphRunner` checks a graph's inputs and outputs against the contract of its role
+(docs/bundle-format.md) when it opens, and every feed before it runs.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnxruntime as ort
+
+from .bundle import Bundle
+from .errors import BundleError, DeviceError, InputError
+
+DEVICES = ("auto", "cpu", "cuda")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int64)": np.int64}
+_F, _U8, _I64 = np.float32, np.uint8, np.int64
+
+# role -> (inputs, outputs); each a tuple of (name, dtype, dims); dims use the symbols of
+# docs/bundle-format.md ("B" is the dynamic batch axis) or fixed integers.
+CONTRACTS = {
+    "generator": ((("z", _F, ("B", "D")),), (("image", _U8, ("B", "H", "W", 3)),)),
+    "classifier": ((("z", _F, ("B", "D")),), (("logits", _F, ("B", "K")),)),
+    "class_grad": (
+        (("z", _F, ("B", "D")), ("weights", _F, ("B", "K"))),
+        (("logp", _F, ("B",)), ("grad", _F, ("B", "D"))),
+    ),
+    "caption_grad": (
+        (("z", _F, ("B", "D")), ("tokens", _I64, ("B", "T")), ("mask", _F, ("B", "T"))),
+        (("logp", _F, ("B",)), ("grad", _F, ("B", "D"))),
+    ),
+    "encoder": ((("image", _U8, ("B", "H", "W", 3)),), (("z", _F, ("B", "D")),)),
+    "composite_class_grad": (
+        (("z", _F, ("B", "D")), ("weights", _F, ("B", "K"))),
+        (("logp", _F, ("B",)), ("grad", _F, ("B", "D"))),
+    ),
+}
+
+
+def bundle_dims(bundle: Bundle) -> dict[str, int]:
+    """The contract symbols' sizes for a bundle (K and T only when the bundle has them)."""
+    dims = {"D": bundle.latent_dim, "H": bundle.image_hw[0], "W": bundle.image_hw[1]}
+    if bundle.classes is not None:
+        dims["K"] = len(bundle.classes)
+    if bundle.max_tokens is not None:
+        dims["T"] = bundle.max_tokens
+    return dims
+
+
+class GraphRunner:
+    """A session for one role; `run(**feeds)` checks the feeds and returns {output name: array}.
+
+    Safe to call from several threads (ONNX Runtime's `run` is).
+    """
+
+    def __init__(self, role: str, session: ort.InferenceSession, dims: dict[str, int], bundle_name: str):
+        self.role = role
+        self.session = session
+        self.dims = dims
+        self.bundle_name = bundle_name
+        self.inputs, self.outputs = CONTRACTS[role]
+        self._check_signature("input", session.get_inputs(), self.inputs)
+        self._check_signature("output", session.get_outputs(), self.outputs)
+        self.output_names = [name for name, _, _ in self.outputs]
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def _expected(self, symbols) -> list:
+        return [self.dims.get(s, s) if isinstance(s, str) else s for s in symbols]
+
+    def _check_signature(self, kind: str, actual, expected):
+        where = f"bundle '{self.bundle_name}': graph {self.role}"
+        actual_names = [node.name for node in actual]
+        expected_names = [name for name, _, _ in expected]
+        if sorted(actual_names) != sorted(expected_names):
+            raise BundleError(f"{where} has {kind}s {actual_names}, the format requires {expected_names}")
+        by_name = {node.name: node for node in actual}
+        for name, dtype, symbols in expected:
+            node = by_name[name]
+            if _ORT_TYPES.get(node.type) is not dtype:
+                raise BundleError(f"{where}: {kind} '{name}' is {node.type}, the format requires {np.dtype(dtype).name}")
+            shape = list(node.shape)
+            wanted = self._expected(symbols)
+            if len(shape) != len(wanted):
+                raise BundleError(f"{where}: {kind} '{name}' has rank {len(shape)}, the format requires shape {symbols}")
+            if isinstance(shape[0], int):
+                raise BundleError(f"{where}: {kind} '{name}' has a fixed batch size {shape[0]}; export it with a dynamic batch axis")
+            for axis, (have, want) in enumerate(zip(shape[1:], wanted[1:]), start=1):
+                if isinstance(have, int) and isinstance(want, int) and have != want:
+                    raise BundleError(
+                        f"{where}: {kind} '{name}' axis {axis} is {have}, the manifest implies {want} ({symbols[axis]})"
+                    )
+
+    def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on checked feeds (names, dtypes and shapes as the contract says)."""
+        if sorted(feeds) != sorted(name for name, _, _ in self.inputs):
+            raise InputError(f"graph {self.role} takes inputs {[n for n, _, _ in self.inputs]}, got {sorted(feeds)}")
+        batch = None
+        for name, dtype, symbols in self.inputs:
+            array = feeds[name]
+            wanted = self._expected(symbols)
+            if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != len(wanted):
+                raise InputError(f"graph {self.role}: input '{name}' must be a {np.dtype(dtype).name} array of shape {list(symbols)}")
+            batch = array.shape[0] if batch is None else batch
+            if array.shape[0] != batch or any(have != want for have, want in zip(array.shape[1:], wanted[1:])):
+                raise InputError(f"graph {self.role}: input '{name}' has shape {list(array.shape)}, expected {[batch, *wanted[1:]]}")
+        results = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, results))
+
+
+class SessionFactory:
+    """Creates every session of a pipeline with one device choice and one thread setting."""
+
+    def __init__(self, device: str = "auto", threads: int | None = None):
+        if device not in DEVICES:
+            raise InputError(f"device must be one of {', '.join(DEVICES)}, not '{device}'")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024):
+            raise InputError(f"threads must be an integer from 1 to 1024, not {threads!r}")
+        available = ort.get_available_providers()
+        if device == "cuda" and _CUDA not in available:
+            raise DeviceError(
+                f"CUDA was asked for but this onnxruntime has no CUDA provider (available: {', '.join(available)});"
+                " install the gpu extra (onnxruntime-gpu) or use --device cpu"
+            )
+        self.device = device
+        self.threads = threads
+        self._providers = [_CUDA, _CPU] if device in ("auto", "cuda") and _CUDA in available else [_CPU]
+        self._lock = threading.Lock()
+
+    def _options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        return options
+
+    def create(self, bundle: Bundle, role: str) -> GraphRunner:
+        """A checked runner for one graph of the bundle, loaded from its verified bytes."""
+        model = bundle.graph_bytes(role)
+        with self._lock:  # one provider decision at a time (auto falls back to CPU once)
+            try:
+                session = ort.InferenceSession(model, sess_options=self._options(), providers=self._providers)
+            except Exception as error:  # onnxruntime raises its own untyped errors
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise BundleError(f"bundle '{bundle.name}': ONNX Runtime cannot load graph {role}: {first_line}") from None
+            if self._providers[0] == _CUDA and session.get_providers()[0] != _CUDA:
+                if self.device == "cuda":
+                    raise DeviceError(
+                        f"CUDA was asked for but its provider failed to start (session providers:"
+                        f" {', '.join(session.get_providers())}); check the CUDA/cuDNN install or use --device cpu"
+                    )
+                self._providers = [_CPU]
+        return GraphRunner(role, session, bundle_dims(bundle), bundle.name)
