@@ -1,0 +1,392 @@
+"""Training of the fashion-colors networks in four resumable stages, on CPU.
+
+1. autoencoder: encoder E and generator G on pixels, with an auxiliary linear class loss on the
+   code and Gaussian noise on the code before G (so G decodes a neighbourhood of each code).
+2. prior: whiten E's codes (mean/Cholesky baked into E and G as buffers) and fit a Gaussian
+   mixture with one full-covariance component per (class, colour) pair.
+3. head: the MLP head and the LRCN captioner, jointly, on noisy codes and on prior samples.
+4. generator: G fine-tuned DeePSiM-style (pixel + feature loss in E's space + adversarial) on
+   codes, plus, on prior samples, adversarial and cycle (E(G(z)) = z) losses.
+
+Everything lives in one checkpoint file, rewritten (temp name, then rename) after every epoch;
+the checkpoint stores a hash of the configuration and a resumed run refuses a different one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from export_tools.nets.fashion import Captioner, Discriminator, Encoder, Generator, Head
+from export_tools.recipes.errors import RecipeError
+from export_tools.recipes.fashion_data import (CLASS_NAMES, COLOUR_NAMES, DATA_DIR, CaptionTable, load_split,
+                                               vocabulary)
+
+STAGES = ("autoencoder", "prior", "head", "generator")
+
+
+@dataclass
+class TrainConfig:
+    latent_dim: int = 64  # D, size of the code z
+    width: int = 32  # channels of the first conv layer of E, G and D
+    head_hidden: int = 256  # width of the MLP head's hidden layers
+    batch_size: int = 128  # images per optimisation step
+    lr: float = 2e-3  # Adam learning rate of stages 1 and 3 (stage 3 uses half)
+    autoencoder_epochs: int = 8  # stage 1 passes over the training set
+    head_epochs: int = 10  # stage 3 passes (cheap: MLP and LSTM on codes)
+    generator_epochs: int = 3  # stage 4 passes
+    code_noise: float = 0.2  # std of the noise added to the unit-variance raw code before G in stage 1
+    head_code_noise: float = 0.3  # std of the noise added to whitened codes when training the head
+    class_weight: float = 0.05  # weight of the auxiliary class loss on the code in stage 1
+    feature_weight: float = 1.0  # stage 4: weight of the feature loss in E's space
+    adversarial_weight: float = 0.01  # stage 4: weight of the generator's adversarial loss
+    cycle_weight: float = 0.05  # stage 4: weight of |E(G(z)) - z|^2 on prior samples
+    prior_ridge: float = 0.01  # added to each mixture component's covariance diagonal
+    train_limit: int | None = None  # use only the first N training images (tests, quick trials)
+    seed: int = 0  # seed of initialisation, shuffling and noise
+
+    def stage_epochs(self) -> dict[str, int]:
+        """Passes over the training set per stage (the prior is fitted in one pass)."""
+        return {"autoencoder": self.autoencoder_epochs, "prior": 1, "head": self.head_epochs,
+                "generator": self.generator_epochs}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class MixturePrior:
+    """Gaussian mixture over whitened codes; component k is (class k // colours, colour k % colours)."""
+
+    weights: np.ndarray  # [M] float64, sums to 1
+    means: np.ndarray  # [M, D] float64
+    scale_tril: np.ndarray  # [M, D, D] float64, lower Cholesky factors of the covariances
+
+    @classmethod
+    def fit(cls, codes: np.ndarray, components: np.ndarray, count: int, ridge: float) -> "MixturePrior":
+        """codes [N, D], components int [N] in [0, count) -> one full-covariance Gaussian per component."""
+        dim = codes.shape[1]
+        weights, means, trils = [], [], []
+        for k in range(count):
+            member = codes[components == k].astype(np.float64)
+            if len(member) < 2:
+                raise RecipeError(f"prior component {k} has {len(member)} training codes; use more training images")
+            weights.append(len(member))
+            means.append(member.mean(0))
+            trils.append(np.linalg.cholesky(np.cov(member.T) + ridge * np.eye(dim)))
+        weights = np.array(weights, dtype=np.float64)
+        return cls(weights / weights.sum(), np.stack(means), np.stack(trils))
+
+    def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> z float32 [count, D], component int64 [count]."""
+        component = torch.multinomial(torch.from_numpy(self.weights), count, True, generator=generator)
+        noise = torch.randn(count, self.means.shape[1], 1, generator=generator, dtype=torch.float64)
+        z = torch.from_numpy(self.means)[component] + (torch.from_numpy(self.scale_tril)[component] @ noise)[..., 0]
+        return z.float(), component
+
+    def state(self) -> dict:
+        return {"weights": self.weights, "means": self.means, "scale_tril": self.scale_tril}
+
+
+@dataclass
+class Networks:
+    """Every network of the recipe and its optimiser state, as saved in the checkpoint."""
+
+    encoder: Encoder
+    generator: Generator
+    head: Head
+    captioner: Captioner
+    discriminator: Discriminator
+    aux_classifier: torch.nn.Linear  # stage 1 only: makes the raw code class-informative
+
+    @classmethod
+    def build(cls, config: TrainConfig, vocab_size: int) -> "Networks":
+        torch.manual_seed(config.seed)
+        head = Head(config.latent_dim, config.head_hidden, len(CLASS_NAMES))
+        return cls(
+            encoder=Encoder(config.latent_dim, config.width),
+            generator=Generator(config.latent_dim, config.width),
+            head=head,
+            captioner=Captioner(head, vocab_size),
+            discriminator=Discriminator(config.width),
+            aux_classifier=torch.nn.Linear(config.latent_dim, len(CLASS_NAMES)),
+        )
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        # the captioner's state includes the head's, so the head is saved through it
+        return {"encoder": self.encoder, "generator": self.generator, "captioner": self.captioner,
+                "discriminator": self.discriminator, "aux_classifier": self.aux_classifier}
+
+
+@dataclass
+class Progress:
+    """Where training stands: epochs done per stage and wall seconds spent per stage."""
+
+    epochs_done: dict[str, int] = field(default_factory=lambda: {stage: 0 for stage in STAGES})
+    seconds: dict[str, float] = field(default_factory=lambda: {stage: 0.0 for stage in STAGES})
+
+
+class Trainer:
+    """Runs the stages in order, skipping what the checkpoint in `out_dir` already holds."""
+
+    def __init__(self, config: TrainConfig, out_dir: Path, data_dir: Path = DATA_DIR, log=print):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.data_dir = Path(data_dir)
+        self.log = log
+        self.vocab = vocabulary()
+        self.nets = Networks.build(config, len(self.vocab))
+        self.progress = Progress()
+        self.prior: MixturePrior | None = None
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    # -- checkpoint -------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Load the checkpoint in out_dir if there is one; refuse one made with another configuration."""
+        if not self.checkpoint_path.exists():
+            return
+        state = load_checkpoint(self.checkpoint_path)
+        if state["config_digest"] != self.config.digest():
+            raise RecipeError(
+                f"{self.checkpoint_path} was trained with another configuration "
+                f"({describe_config_change(state['config'], asdict(self.config))}); "
+                "use the same options or a new --out directory")
+        for name, module in self.nets.modules().items():
+            module.load_state_dict(state["modules"][name])
+        self.progress = Progress(**state["progress"])
+        self.prior = MixturePrior(**state["prior"]) if state["prior"] else None
+        self.pending_optimizer_states = state["optimizers"]
+        self.log(f"resumed from {self.checkpoint_path}: {self.progress.epochs_done}")
+
+    def save(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "config": asdict(self.config), "config_digest": self.config.digest(),
+            "modules": {name: module.state_dict() for name, module in self.nets.modules().items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "progress": asdict(self.progress),
+            "prior": self.prior.state() if self.prior else None,
+            "vocabulary": self.vocab,
+        }
+        temp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, temp)
+        temp.replace(self.checkpoint_path)
+
+    def optimizer(self, name: str, params, lr: float) -> torch.optim.Optimizer:
+        """Adam for one stage, restored from the checkpoint when resuming mid-stage."""
+        if name not in self.optimizers:
+            opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+            pending = getattr(self, "pending_optimizer_states", {})
+            if name in pending:
+                opt.load_state_dict(pending[name])
+            self.optimizers[name] = opt
+        return self.optimizers[name]
+
+    # -- driver ---------------------------------------------------------------------------
+
+    def run(self) -> Progress:
+        self.resume()
+        train = load_split("train", self.data_dir, self.config.train_limit)
+        self.images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, 32, 32]
+        self.labels = torch.from_numpy(train.labels)
+        self.colours = torch.from_numpy(train.colours)
+        self.captions = CaptionTable(self.vocab)
+        steps = {"autoencoder": self.autoencoder_epoch, "prior": self.fit_prior, "head": self.head_epoch,
+                 "generator": self.generator_epoch}
+        for stage in STAGES:
+            while self.progress.epochs_done[stage] < self.config.stage_epochs()[stage]:
+                epoch = self.progress.epochs_done[stage]
+                started = time.time()
+                torch.manual_seed(self.config.seed * 1000 + STAGES.index(stage) * 100 + epoch)
+                metrics = steps[stage](epoch)
+                self.progress.seconds[stage] += time.time() - started
+                self.progress.epochs_done[stage] = epoch + 1
+                self.save()
+                summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                self.log(f"[{stage}] epoch {epoch + 1}/{self.config.stage_epochs()[stage]} done in "
+                         f"{time.time() - started:.0f}s: {summary}")
+        return self.progress
+
+    def batches(self):
+        """Shuffled index batches over the training set (the seed is set per epoch by `run`)."""
+        order = torch.randperm(len(self.labels))
+        size = self.config.batch_size
+        return [order[i:i + size] for i in range(0, len(order) - size + 1, size)]
+
+    def pixels(self, index: torch.Tensor) -> torch.Tensor:
+        return self.images[index].float() / 255.0
+
+    def report(self, stage: str, step: int, total: int, started: float, sums: dict[str, float]) -> None:
+        if (step + 1) % 50 == 0 or step + 1 == total:
+            means = " ".join(f"{k}={v / (step + 1):.4f}" for k, v in sums.items())
+            self.log(f"[{stage}] {step + 1}/{total} batches, {time.time() - started:.0f}s: {means}")
+
+    # -- stage 1 --------------------------------------------------------------------------
+
+    def autoencoder_epoch(self, epoch: int) -> dict[str, float]:
+        nets, cfg = self.nets, self.config
+        params = [*nets.encoder.parameters(), *nets.generator.parameters(), *nets.aux_classifier.parameters()]
+        opt = self.optimizer("autoencoder", params, cfg.lr)
+        nets.encoder.train()
+        sums = {"pixel": 0.0, "class": 0.0}
+        batches, started = self.batches(), time.time()
+        for step, index in enumerate(batches):
+            x = self.pixels(index)
+            code = nets.encoder.raw_code(x)
+            recon = nets.generator.decode_raw(code + cfg.code_noise * torch.randn_like(code))
+            pixel = F.l1_loss(recon, x)
+            klass = F.cross_entropy(nets.aux_classifier(code), self.labels[index])
+            loss = pixel + cfg.class_weight * klass
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sums["pixel"] += pixel.item()
+            sums["class"] += klass.item()
+            self.report("autoencoder", step, len(batches), started, sums)
+        return {k: v / len(batches) for k, v in sums.items()}
+
+    # -- stage 2 --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_all(self) -> torch.Tensor:
+        """Whitened codes of the whole training set, float32 [N, D] (E in eval mode)."""
+        self.nets.encoder.eval()
+        return torch.cat([self.nets.encoder(self.pixels(torch.arange(i, min(i + 1000, len(self.labels)))))
+                          for i in range(0, len(self.labels), 1000)])
+
+    def fit_prior(self, epoch: int) -> dict[str, float]:
+        encoder, generator = self.nets.encoder, self.nets.generator
+        encoder.eval()
+        with torch.no_grad():
+            raw = torch.cat([encoder.raw_code(self.pixels(torch.arange(i, min(i + 1000, len(self.labels)))))
+                             for i in range(0, len(self.labels), 1000)])
+            encoder.whitening.set(raw)
+            generator.whitening.load_state_dict(encoder.whitening.state_dict())
+        codes = self.encode_all().numpy()
+        components = (self.labels * len(COLOUR_NAMES) + self.colours).numpy()
+        self.prior = MixturePrior.fit(codes, components, len(CLASS_NAMES) * len(COLOUR_NAMES), self.config.prior_ridge)
+        return {"code_std": float(codes.std()), "component_std": float(np.mean(
+            [np.sqrt(np.trace(t @ t.T) / t.shape[0]) for t in self.prior.scale_tril]))}
+
+    # -- stage 3 --------------------------------------------------------------------------
+
+    def prior_batch(self, count: int, generator: torch.Generator):
+        """Prior samples with the class and colour of their component: z [B, D], labels [B], colours [B]."""
+        z, component = self.prior.sample(count, generator)
+        return z, component // len(COLOUR_NAMES), component % len(COLOUR_NAMES)
+
+    def head_epoch(self, epoch: int) -> dict[str, float]:
+        nets, cfg = self.nets, self.config
+        codes = self.encode_all()
+        opt = self.optimizer("head", nets.captioner.parameters(), cfg.lr)
+        rng = np.random.default_rng([cfg.seed, epoch])
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        sums = {"class": 0.0, "caption": 0.0, "accuracy": 0.0}
+        batches, started = self.batches(), time.time()
+        for step, index in enumerate(batches):
+            half = len(index) // 2
+            real = codes[index[:half]] + cfg.head_code_noise * torch.randn(half, cfg.latent_dim)
+            fake, fake_labels, fake_colours = self.prior_batch(len(index) - half, gen)
+            z = torch.cat([real, fake])
+            labels = torch.cat([self.labels[index[:half]], fake_labels])
+            colours = torch.cat([self.colours[index[:half]], fake_colours])
+            tokens, mask = (torch.from_numpy(a) for a in self.captions.sample(labels.numpy(), colours.numpy(), rng))
+            logits = nets.head(z)
+            klass = F.cross_entropy(logits, labels)
+            caption = -(nets.captioner(z, tokens, mask)).mean()
+            loss = klass + caption
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sums["class"] += klass.item()
+            sums["caption"] += caption.item()
+            sums["accuracy"] += (logits.argmax(1) == labels).float().mean().item()
+            self.report("head", step, len(batches), started, sums)
+        return {k: v / len(batches) for k, v in sums.items()}
+
+    # -- stage 4 --------------------------------------------------------------------------
+
+    def generator_epoch(self, epoch: int) -> dict[str, float]:
+        nets, cfg = self.nets, self.config
+        encoder, generator, disc = nets.encoder, nets.generator, nets.discriminator
+        encoder.eval()
+        encoder.requires_grad_(False)
+        opt_g = self.optimizer("generator", generator.parameters(), cfg.lr / 2)
+        opt_d = self.optimizer("discriminator", disc.parameters(), cfg.lr / 2)
+        gen = torch.Generator().manual_seed(cfg.seed * 104729 + epoch)
+        sums = {"pixel": 0.0, "feature": 0.0, "cycle": 0.0, "adv_g": 0.0, "adv_d": 0.0}
+        batches, started = self.batches(), time.time()
+        for step, index in enumerate(batches):
+            x = self.pixels(index)
+            with torch.no_grad():
+                z = encoder(x)
+                target_features = encoder.features(x)
+            z_prior, _, _ = self.prior_batch(len(index), gen)
+            recon = generator(z)
+            sampled = generator(z_prior)
+            # discriminator: real images against reconstructions and prior decodings
+            fake = torch.cat([recon, sampled]).detach()
+            adv_d = F.softplus(-disc(x)).mean() + F.softplus(disc(fake)).mean()
+            opt_d.zero_grad()
+            adv_d.backward()
+            opt_d.step()
+            # generator
+            pixel = F.l1_loss(recon, x)
+            feature = sum(F.mse_loss(a, b) for a, b in zip(encoder.features(recon), target_features))
+            cycle = F.mse_loss(encoder(sampled), z_prior)
+            adv_g = F.softplus(-disc(torch.cat([recon, sampled]))).mean()
+            loss = pixel + cfg.feature_weight * feature + cfg.cycle_weight * cycle + cfg.adversarial_weight * adv_g
+            opt_g.zero_grad()
+            loss.backward()
+            opt_g.step()
+            for key, value in (("pixel", pixel), ("feature", feature), ("cycle", cycle), ("adv_g", adv_g),
+                               ("adv_d", adv_d)):
+                sums[key] += value.item()
+            self.report("generator", step, len(batches), started, sums)
+        return {k: v / len(batches) for k, v in sums.items()}
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a recipe checkpoint; a file that is not one gives a RecipeError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise RecipeError(f"cannot read checkpoint {path} ({error}); delete it or pick another --out") from None
+    if not isinstance(state, dict) or "config_digest" not in state:
+        raise RecipeError(f"{path} is not a fashion recipe checkpoint; delete it or pick another --out")
+    return state
+
+
+def describe_config_change(old: dict, new: dict) -> str:
+    changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+               if old.get(key) != new.get(key)]
+    return ", ".join(changed) or "same values, different digest"
+
+
+def trained_networks(out_dir: Path) -> tuple[TrainConfig, Networks, MixturePrior, list[str]]:
+    """The finished networks (eval mode), prior and vocabulary from a completed training run."""
+    path = Path(out_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise RecipeError(f"no checkpoint in {out_dir}; train first: python -m export_tools.recipes.fashion train --out {out_dir}")
+    state = load_checkpoint(path)
+    config = TrainConfig(**state["config"])
+    if state["progress"]["epochs_done"] != config.stage_epochs():
+        raise RecipeError(f"training in {out_dir} is not finished ({state['progress']['epochs_done']}); "
+                          f"resume it: python -m export_tools.recipes.fashion train --out {out_dir}")
+    nets = Networks.build(config, len(state["vocabulary"]))
+    for name, module in nets.modules().items():
+        module.load_state_dict(state["modules"][name])
+        module.eval()
+    return config, nets, MixturePrior(**state["prior"]), state["vocabulary"]
