@@ -1,0 +1,282 @@
+"""Write a bundle directory (docs/bundle-format.md): export and validate every graph, then the manifest.
+
+Everything is written into a temporary sibling directory that is renamed into place at the end,
+so a failed export never leaves a half-written bundle behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from export_tools import ExportError
+from export_tools.conventions import PixelConvention
+from export_tools.export import (
+    GraphReport, export_caption_grad, export_class_grad, export_classifier, export_composite_class_grad,
+    export_encoder, export_generator,
+)
+from export_tools.priors import GaussianMixturePrior, GaussianPrior, Prior
+from export_tools.specs import ROLES, GraphDims
+
+FORMAT = "latent-onnx-bundle"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+# Sampler defaults written when a BundleSpec leaves a key out (see latent_onnx.SamplerConfig).
+DEFAULT_SAMPLER = {
+    "steps": 200, "eps1": 0.01, "eps2": 1e-4, "prior_weight": 1.0,
+    "condition_scale": 1.0, "eps1_final": None, "normalize_grad": False,
+}
+
+
+@dataclass
+class BundleSpec:
+    """Everything a bundle is made of; networks are PyTorch modules (switched to eval mode on export)."""
+
+    name: str  # bundle name, [a-z0-9][a-z0-9._-]*
+    latent_dim: int  # D
+    image_hw: tuple[int, int]  # (H, W) of the bundle's images
+    generator: nn.Module  # z [B, D] -> x [B, 3, h, w] in generator_convention
+    generator_convention: PixelConvention = field(default_factory=PixelConvention)  # also the encoder's input convention
+    description: str = ""  # one line
+    license: str = ""  # SPDX id or free text
+    prior: Prior = field(default_factory=GaussianPrior)  # p(z) whose log-density gradient the sampler adds
+    init: Prior | None = None  # distribution of z_0; None = the prior
+    clip: tuple[float, float] | None = None  # z clipped to [lo, hi] after every step; None = no clipping
+    classes: list[str] | None = None  # class k's name (synonyms separated by ", "); needed with head / image_classifier
+    vocabulary: list[str] | None = None  # token i's word, "<eos>" at 0; needed with captioner
+    max_tokens: int | None = None  # T, words + final <eos>; needed with captioner
+    head: nn.Module | None = None  # z [B, D] -> logits [B, K]: classifier and class_grad graphs
+    captioner: nn.Module | None = None  # (z, tokens [B, T] int64, mask [B, T]) -> logp [B]: caption_grad graph
+    encoder: nn.Module | None = None  # x [B, 3, H, W] in generator_convention -> z [B, D]: encoder graph
+    image_classifier: nn.Module | None = None  # x [B, 3, h, w] generator output -> logits [B, K]: composite_class_grad
+    sampler: dict = field(default_factory=dict)  # overrides of DEFAULT_SAMPLER
+    presets: dict[str, dict] = field(default_factory=dict)  # preset name -> partial sampler overrides
+    provenance: dict = field(default_factory=dict)  # free-form; "created", "torch" and "validation" are added
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    """What write_bundle wrote and what validation measured."""
+
+    path: Path  # the bundle directory
+    manifest: dict  # the manifest as written
+    graphs: dict[str, GraphReport]  # role -> export report (max |ONNX Runtime - PyTorch| per output)
+
+    def max_diff(self) -> dict[str, dict[str, float]]:
+        """role -> output name -> largest absolute difference measured by validation."""
+        return {role: dict(report.max_diff) for role, report in self.graphs.items()}
+
+
+def write_bundle(out_dir: str | Path, spec: BundleSpec, *, overwrite: bool = False,
+                 progress: Callable[[str], None] | None = None) -> BundleReport:
+    """Export every graph whose network `spec` gives, validate each against PyTorch, write the bundle.
+
+    `progress` receives one line per step. Raises ExportError on a bad spec, a failed export or
+    validation, or an existing `out_dir` without `overwrite`.
+    """
+    say = progress or (lambda line: None)
+    out_dir = Path(out_dir)
+    _check_spec(spec)
+    if out_dir.exists() and not (overwrite and out_dir.is_dir()):
+        raise ExportError(f"{out_dir} already exists: pass overwrite=True (--overwrite) or choose another directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        reports = _export_graphs(spec, staging, say)
+        manifest = _write_files_and_manifest(spec, staging, reports)
+        os.chmod(staging, 0o755)
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"wrote {out_dir}")
+    graphs = {role: dataclasses.replace(r, path=out_dir / r.path.name) for role, r in reports.items()}
+    return BundleReport(out_dir, manifest, graphs)
+
+
+def _dims(spec: BundleSpec) -> GraphDims:
+    return GraphDims(
+        latent_dim=spec.latent_dim,
+        num_classes=len(spec.classes) if spec.classes else None,
+        max_tokens=spec.max_tokens,
+        vocab_size=len(spec.vocabulary) if spec.vocabulary else None,
+        image_hw=tuple(spec.image_hw),
+    )
+
+
+def _latent_sampler(spec: BundleSpec):
+    """Validation draws z like the sampler starts: from init (or the prior), clipped."""
+    start = spec.init or spec.prior
+
+    def sample(n: int, rng: np.random.Generator) -> np.ndarray:
+        z = start.sample(n, spec.latent_dim, rng)
+        return np.clip(z, *spec.clip) if spec.clip else z
+
+    return sample
+
+
+def _export_graphs(spec: BundleSpec, staging: Path, say: Callable[[str], None]) -> dict[str, GraphReport]:
+    dims, sample = _dims(spec), _latent_sampler(spec)
+    jobs = {
+        "generator": lambda p: export_generator(spec.generator, spec.generator_convention, dims, p, sample),
+        "classifier": lambda p: export_classifier(spec.head, dims, p, sample),
+        "class_grad": lambda p: export_class_grad(spec.head, dims, p, sample),
+        "caption_grad": lambda p: export_caption_grad(spec.captioner, dims, p, sample),
+        "encoder": lambda p: export_encoder(spec.encoder, spec.generator_convention, dims, p, sample),
+        "composite_class_grad": lambda p: export_composite_class_grad(spec.generator, spec.image_classifier, dims, p, sample),
+    }
+    networks = {
+        "generator": spec.generator, "classifier": spec.head, "class_grad": spec.head,
+        "caption_grad": spec.captioner, "encoder": spec.encoder, "composite_class_grad": spec.image_classifier,
+    }
+    reports = {}
+    for role in ROLES:
+        if networks[role] is None:
+            continue
+        say(f"exporting {role} ...")
+        report = jobs[role](staging / f"{role}.onnx")
+        diffs = ", ".join(f"{name} {diff:.2g}" for name, diff in report.max_diff.items())
+        say(f"{role}: validated against PyTorch, max |diff| {diffs} ({report.seconds:.1f} s)")
+        reports[role] = report
+    return reports
+
+
+def _file_entry(directory: Path, name: str, data: bytes) -> dict:
+    (directory / name).write_bytes(data)
+    return {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _prior_entry(prior: Prior, directory: Path, stem: str) -> dict:
+    if isinstance(prior, GaussianMixturePrior):
+        entry = _file_entry(directory, f"{stem}.npz", prior.npz_bytes())
+        return prior.manifest_entry(entry["file"], entry["sha256"])
+    return prior.manifest_entry()
+
+
+def _write_files_and_manifest(spec: BundleSpec, staging: Path, reports: dict[str, GraphReport]) -> dict:
+    latent = {"dim": spec.latent_dim, "prior": _prior_entry(spec.prior, staging, "prior")}
+    if spec.init is not None:
+        latent["init"] = _prior_entry(spec.init, staging, "init")
+    latent["clip"] = [float(v) for v in spec.clip] if spec.clip else None
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "name": spec.name, "description": spec.description, "license": spec.license,
+        "latent": latent,
+        "image": {"height": int(spec.image_hw[0]), "width": int(spec.image_hw[1]), "channels": 3},
+    }
+    if spec.classes:
+        manifest["classes"] = _file_entry(staging, "classes.txt", ("\n".join(spec.classes) + "\n").encode())
+    if spec.vocabulary:
+        vocabulary = _file_entry(staging, "vocab.txt", ("\n".join(spec.vocabulary) + "\n").encode())
+        manifest["caption"] = {"vocabulary": vocabulary, "max_tokens": spec.max_tokens}
+    manifest["graphs"] = {
+        role: {"file": report.path.name, "sha256": hashlib.sha256(report.path.read_bytes()).hexdigest()}
+        for role, report in reports.items()
+    }
+    manifest["sampler"] = {**DEFAULT_SAMPLER, **spec.sampler}
+    manifest["presets"] = spec.presets
+    manifest["provenance"] = {
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **spec.provenance,
+        "torch": torch.__version__,
+        "validation": {role: report.max_diff for role, report in reports.items()},
+    }
+    try:
+        text = json.dumps(manifest, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"the manifest cannot be written as JSON ({exc}): check provenance, sampler and presets") from exc
+    (staging / "manifest.json").write_text(text + "\n")
+    return manifest
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename `staging` to `out_dir`, replacing an existing directory only once the new one is complete."""
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    os.replace(out_dir, retired / out_dir.name)
+    os.replace(staging, out_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _check_sampler_values(values: dict, where: str) -> None:
+    unknown = sorted(set(values) - set(DEFAULT_SAMPLER))
+    if unknown:
+        raise ExportError(f"{where}: unknown sampler keys {unknown}; known: {sorted(DEFAULT_SAMPLER)}")
+    rules = {
+        "steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "eps1": lambda v: _is_number(v) and v > 0,
+        "eps2": lambda v: _is_number(v) and v >= 0,
+        "prior_weight": lambda v: _is_number(v) and v >= 0,
+        "condition_scale": lambda v: _is_number(v) and v > 0,
+        "eps1_final": lambda v: v is None or (_is_number(v) and v > 0),
+        "normalize_grad": lambda v: isinstance(v, bool),
+    }
+    for key, value in values.items():
+        if not rules[key](value):
+            raise ExportError(f"{where}: {key}={value!r} is out of range (see docs/bundle-format.md, sampler)")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_words(words: list[str], what: str, unique: bool) -> None:
+    if not words or any(not isinstance(w, str) or not w.strip() or "\n" in w or w != w.strip() for w in words):
+        raise ExportError(f"{what} must be a non-empty list of non-blank one-line strings without surrounding spaces")
+    if unique and len(set(words)) != len(words):
+        raise ExportError(f"{what} holds duplicates")
+
+
+def _check_spec(spec: BundleSpec) -> None:
+    """Raise ExportError for anything the manifest rules (docs/bundle-format.md) would reject."""
+    if not isinstance(spec.name, str) or not _NAME.fullmatch(spec.name):
+        raise ExportError(f"bundle name {spec.name!r} must match [a-z0-9][a-z0-9._-]*")
+    if not isinstance(spec.latent_dim, int) or spec.latent_dim < 1:
+        raise ExportError(f"latent_dim must be an int >= 1, got {spec.latent_dim!r}")
+    if len(spec.image_hw) != 2 or min(spec.image_hw) < 1:
+        raise ExportError(f"image_hw must be (height, width) >= 1, got {spec.image_hw!r}")
+    if spec.generator is None:
+        raise ExportError("a bundle needs a generator")
+    for label, prior in (("prior", spec.prior), ("init", spec.init)):
+        if prior is not None and not isinstance(prior, (GaussianPrior, GaussianMixturePrior)):
+            raise ExportError(f"{label} must be a GaussianPrior or GaussianMixturePrior")
+        if isinstance(prior, GaussianMixturePrior) and prior.dim != spec.latent_dim:
+            raise ExportError(f"{label} has dimension {prior.dim}, latent_dim is {spec.latent_dim}")
+    if spec.clip is not None and not (len(spec.clip) == 2 and _is_number(spec.clip[0]) and _is_number(spec.clip[1])
+                                      and spec.clip[0] < spec.clip[1]):
+        raise ExportError(f"clip must be None or (lo, hi) with lo < hi, got {spec.clip!r}")
+    if (spec.head is not None or spec.image_classifier is not None) and not spec.classes:
+        raise ExportError("a head or image_classifier needs the class names (BundleSpec.classes)")
+    if spec.classes:
+        _check_words(spec.classes, "classes", unique=False)  # ImageNet names "crane" twice
+    if spec.captioner is not None:
+        if not spec.vocabulary or spec.max_tokens is None:
+            raise ExportError("a captioner needs BundleSpec.vocabulary and BundleSpec.max_tokens")
+    if spec.vocabulary:
+        _check_words(spec.vocabulary, "vocabulary", unique=True)
+        if spec.vocabulary[0] != "<eos>" or any(" " in w for w in spec.vocabulary):
+            raise ExportError("vocabulary must start with '<eos>' (token 0) and hold single words")
+        if not isinstance(spec.max_tokens, int) or spec.max_tokens < 2:
+            raise ExportError(f"max_tokens must be an int >= 2 (words + final <eos>), got {spec.max_tokens!r}")
+    _check_sampler_values(spec.sampler, "sampler")
+    for preset, values in spec.presets.items():
+        if not isinstance(preset, str) or not preset or not isinstance(values, dict):
+            raise ExportError(f"preset {preset!r} must map a name to a dict of sampler overrides")
+        _check_sampler_values(values, f"preset {preset!r}")
