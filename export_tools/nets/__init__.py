@@ -1,0 +1,1 @@
+"""PyTorch network definitions (generators, encoders, heads, captioners) handed to the exporter."""
