@@ -232,7 +232,7 @@ def info(bundle, as_json):
     if as_json:
         click.echo(json.dumps(description))
         return
-    out = Console()
+    out = Console(soft_wrap=True)
     out.print(f"[bold]{loaded.name}[/bold]  {loaded.description}")
     out.print(f"path: {loaded.root}   license: {loaded.license or '-'}")
     out.print(f"latent: {loaded.latent_dim}-d, prior {description['prior']}, init {description['init']}, clip {description['clip']}")

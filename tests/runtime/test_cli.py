@@ -1,0 +1,155 @@
+"""The `latent-onnx` command: outputs, reproducibility metadata, and one-line errors with nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from latent_onnx.cli import cli
+from latent_onnx.images import PNG_TEXT_KEY
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def run(monkeypatch, tmp_path):
+    """Run the CLI in an empty working folder; returns click's Result."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args])
+
+    return invoke
+
+
+def _png_parameters(path: Path) -> dict:
+    with Image.open(path) as image:
+        return json.loads(image.text[PNG_TEXT_KEY])
+
+
+def test_generate_writes_pngs_with_their_parameters(run, tiny_bundle_template):
+    result = run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "-n", 3, "--seed", 11, "--steps", 5,
+                 "--grid", "--save-trajectory", "chain.gif", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    files = [Path(s["file"]) for s in summary["samples"]]
+    assert [f.name for f in files] == [f"sneaker-s11-000{i}.png" for i in range(3)]
+    parameters = _png_parameters(files[2])
+    assert parameters["seed"] == 11 and parameters["index"] == 2 and parameters["classes"] == "sneaker"
+    assert parameters["sampler"]["steps"] == 5 and parameters["bundle"] == "tiny"
+    with Image.open(files[2]) as image:
+        assert "--start-index 2" in image.text["Comment"]
+    assert Path(summary["grid"]).is_file()
+    with Image.open("chain.gif") as gif:
+        assert gif.n_frames == 5 and gif.size[0] >= 128
+    assert sorted(p.name for p in Path("out").iterdir()) == sorted([f.name for f in files] + ["sneaker-s11-0000-grid.png"])
+
+    again = run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "-n", 1, "--seed", 11, "--steps", 5,
+                "--start-index", 2, "--out", "again")
+    assert again.exit_code == 0, again.output
+    np.testing.assert_array_equal(np.asarray(Image.open("again/sneaker-s11-0002.png")), np.asarray(Image.open(files[2])))
+
+
+def test_existing_files_are_kept_unless_overwrite_is_given(run, tiny_bundle_template):
+    args = ["generate", "--bundle", tiny_bundle_template, "--caption", "a red sneaker", "-n", 1, "--seed", 1, "--steps", 2]
+    assert run(*args).exit_code == 0
+    target = Path("out/a-red-sneaker-s1-0000.png")
+    before = target.stat().st_mtime_ns
+    refused = run(*args)
+    assert refused.exit_code == 5 and "already exists; pass --overwrite" in refused.stderr
+    assert target.stat().st_mtime_ns == before
+    assert run(*args, "--overwrite").exit_code == 0
+    assert [p.name for p in Path("out").iterdir()] == [target.name]  # no temporary files left behind
+
+
+def test_classes_and_info(run, tiny_bundle_template):
+    listed = run("classes", "--bundle", tiny_bundle_template)
+    assert listed.exit_code == 0 and listed.stdout.splitlines() == ["0\tsneaker", "1\tsandal", "2\tankle boot, boot"]
+    assert run("classes", "--bundle", tiny_bundle_template, "--search", "BOO").stdout == "2\tankle boot, boot\n"
+    info = run("info", tiny_bundle_template, "--json")
+    assert info.exit_code == 0, info.output
+    described = json.loads(info.stdout)
+    assert described["latent_dim"] == 6 and described["classes"] == 3 and described["graphs"]["encoder"]["checked"]
+    assert "tiny test bundle" in run("info", tiny_bundle_template).stdout
+
+
+def _damage(bundle: Path, how: str):
+    if how == "tampered":
+        path = bundle / "class_grad.onnx"
+        path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    elif how == "truncated":
+        path = bundle / "generator.onnx"
+        path.write_bytes(path.read_bytes()[:100])
+    elif how == "missing":
+        (bundle / "classes.txt").unlink()
+    elif how == "outside":
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["graphs"]["generator"]["file"] = "../generator.onnx"
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+BAD_INPUTS = [
+    (["--class", "snekaer"], "unknown class 'snekaer'; did you mean 'sneaker'", None),
+    (["--caption", "a green sneaker"], "not in the bundle's vocabulary: green", None),
+    (["--class", "sneaker", "--eps1", "nan"], "eps1 must be a finite number > 0", None),
+    (["--class", "sneaker", "--eps2", "-1"], "eps2 must be a finite number >= 0", None),
+    (["--class", "sneaker", "--steps", "0"], "steps must be an integer", None),
+    (["--class", "sneaker", "--steps", "many"], "'many' is not a valid integer", None),
+    (["--class", "sneaker", "-n", "0"], "-n must be from 1", None),
+    (["--class", "sneaker", "--batch-size", "0"], "batch size must be", None),
+    (["--class", "sneaker", "--caption", "a red sneaker"], "exactly one of --class or --caption", None),
+    (["--class", "sneaker", "--device", "cuda"], "no CUDA provider", None),
+    (["--class", "sneaker", "--out", "afile/sub"], "afile is not a folder", None),
+    (["--class", "sneaker", "--preset", "turbo"], "unknown preset 'turbo'", None),
+    (["--class", "sneaker"], "does not match its sha256", "tampered"),
+    (["--class", "sneaker"], "does not match its sha256", "truncated"),
+    (["--class", "sneaker"], "'classes.txt' (classes.file) is missing", "missing"),
+    (["--class", "sneaker"], "not a plain relative path inside the bundle", "outside"),
+]
+
+
+@pytest.mark.parametrize("args, message, damage", BAD_INPUTS)
+def test_bad_input_is_one_line_a_nonzero_exit_and_nothing_written(run, tiny_bundle, args, message, damage):
+    if "cuda" in args:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            pytest.skip("this onnxruntime has CUDA")
+    if damage:
+        _damage(tiny_bundle, damage)
+    Path("afile").write_text("not a folder")
+    before = sorted(p.name for p in Path(".").iterdir())
+    result = run("generate", "--bundle", tiny_bundle, "--steps", 2, *args)
+    assert result.exit_code not in (0, 1), result.output  # 1 would be an unhandled exception
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("latent-onnx: error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    assert sorted(p.name for p in Path(".").iterdir()) == before
+
+
+def test_missing_default_bundle_says_how_to_pass_one(run, monkeypatch):
+    monkeypatch.setenv("LATENT_ONNX_BUNDLE", "not-shipped")
+    result = run("generate", "--class", "sneaker")
+    assert result.exit_code == 3 and "pass --bundle PATH" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_the_runtime_never_imports_torch_or_onnx(tmp_path, tiny_bundle_template):
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None; sys.modules['onnx'] = None  # any import of them now fails\n"
+        "from latent_onnx.cli import main\n"
+        f"main(['generate', '--bundle', {str(tiny_bundle_template)!r}, '--class', 'sandal', '-n', '2', '--steps', '3', '--seed', '0'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "out").glob("sandal-s0-*.png"))) == 2
