@@ -212,7 +212,11 @@ def _export_and_validate(module: nn.Module, role: str, dims: GraphDims, path: st
     start = time.perf_counter()
     module.eval()
     _export_module(module, spec, dims, path, latent_sampler)
-    max_diff = validate_graph(path, spec, dims, eager_reference(module, spec), latent_sampler=latent_sampler)
+    try:
+        max_diff = validate_graph(path, spec, dims, eager_reference(module, spec), latent_sampler=latent_sampler)
+    except BaseException:
+        path.unlink(missing_ok=True)  # a graph that failed validation is never left behind
+        raise
     return GraphReport(role, path, max_diff, time.perf_counter() - start)
 
 

@@ -1,0 +1,95 @@
+"""Every graph role exports, matches its contract and agrees with PyTorch; validation catches mismatches."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export_tools import ExportError
+from export_tools.export import ClassLogp, eager_reference, export_classifier
+from export_tools.specs import ROLES, SPECS, GraphDims
+from export_tools.validate import validate_graph
+from tiny_networks import CONVENTION, D, IMAGE_HW, K, head
+
+DIMS = GraphDims(latent_dim=D, num_classes=K, image_hw=IMAGE_HW)
+
+
+def session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_every_role_is_exported_and_validated(tiny_bundle):
+    spec, report = tiny_bundle
+    assert list(report.graphs) == list(ROLES)
+    for role, graph in report.graphs.items():
+        contract = SPECS[role]
+        assert set(graph.max_diff) == {t.name for t in contract.outputs}
+        for output, diff in graph.max_diff.items():
+            assert 0.0 <= diff <= (1.0 if role == "generator" else 1e-4), (role, output, diff)
+        entry = report.manifest["graphs"][role]
+        assert entry["sha256"] == hashlib.sha256(graph.path.read_bytes()).hexdigest()
+    assert report.manifest["provenance"]["validation"] == report.max_diff()
+
+
+def test_graphs_keep_contract_names_and_a_dynamic_batch(tiny_bundle):
+    _, report = tiny_bundle
+    rng = np.random.default_rng(1)
+    dims = GraphDims(D, K, max_tokens=4, vocab_size=6, image_hw=IMAGE_HW)
+    for role, graph in report.graphs.items():
+        contract = SPECS[role]
+        sess = session(graph.path)
+        assert [i.name for i in sess.get_inputs()] == [t.name for t in contract.inputs]
+        assert [o.name for o in sess.get_outputs()] == [t.name for t in contract.outputs]
+        outputs = sess.run(None, contract.example_inputs(dims, batch=5, rng=rng))
+        for tensor, value in zip(contract.outputs, outputs):
+            assert value.shape == tensor.concrete_shape(dims, 5)
+            assert value.dtype == np.dtype(tensor.dtype)
+
+
+def test_generator_graph_applies_the_pixel_convention(tiny_bundle):
+    spec, report = tiny_bundle
+    z = np.random.default_rng(2).standard_normal((4, D)).astype(np.float32)
+    (image,) = session(report.graphs["generator"].path).run(None, {"z": z})
+    with torch.no_grad():
+        x = spec.generator(torch.from_numpy(z)).numpy()  # [4, 3, 10, 10] BGR in [-1, 1]
+    expected = np.clip(np.round((x + 1.0) * 127.5), 0, 255)[:, ::-1, 1:9, 1:9].transpose(0, 2, 3, 1)
+    assert image.dtype == np.uint8 and image.shape == (4, 8, 8, 3)
+    assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1
+    assert (image == expected).mean() > 0.99
+
+
+def test_encoder_graph_inverts_the_pixel_convention(tiny_bundle):
+    spec, report = tiny_bundle
+    image = np.random.default_rng(3).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    (z,) = session(report.graphs["encoder"].path).run(None, {"image": image})
+    x = image[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0  # RGB -> BGR, NCHW, [-1, 1]
+    with torch.no_grad():
+        expected = spec.encoder(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    np.testing.assert_allclose(z, expected, atol=1e-5)
+
+
+def test_validation_names_graph_output_and_difference(tmp_path):
+    torch.manual_seed(0)
+    exported, other = head(), head()
+    report = export_classifier(exported, DIMS, tmp_path / "classifier.onnx")
+    assert report.max_diff["logits"] < 1e-5
+    with pytest.raises(ExportError, match=r"classifier\.onnx failed validation at batch 1: output 'logits' differs from PyTorch by [0-9.e-]+ \(allowed"):
+        validate_graph(report.path, SPECS["classifier"], DIMS, eager_reference(other.eval(), SPECS["classifier"]))
+
+
+def test_validation_rejects_a_graph_of_another_role(tiny_bundle):
+    spec, report = tiny_bundle
+    reference = eager_reference(ClassLogp(spec.head).eval(), SPECS["class_grad"])
+    with pytest.raises(ExportError, match=r"classifier\.onnx: inputs are \['z', 'weights'\]"):
+        validate_graph(report.graphs["class_grad"].path, SPECS["classifier"], DIMS, reference)
+
+
+def test_a_network_breaking_the_contract_is_refused(tmp_path):
+    too_many_classes = torch.nn.Linear(D, K + 1)
+    with pytest.raises(ExportError, match=r"classifier\.onnx: output 'logits' has shape \['batch', 4\], the contract says"):
+        export_classifier(too_many_classes, DIMS, tmp_path / "classifier.onnx")
+    assert list(tmp_path.iterdir()) == []
