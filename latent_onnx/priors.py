@@ -45,8 +45,9 @@ class GaussianMixturePrior:
     def __post_init__(self):
         inverse = np.linalg.inv(self.scale_tril)  # [M, D, D], lower triangular
         log_det = np.log(np.diagonal(self.scale_tril, axis1=1, axis2=2)).sum(axis=1)
-        object.__setattr__(self, "_inverse_tril", inverse)
-        object.__setattr__(self, "_log_norm", np.log(self.weights) - log_det)
+        with np.errstate(divide="ignore"):  # a zero-weight component gets log weight -inf
+            object.__setattr__(self, "_log_norm", np.log(self.weights) - log_det)
+        object.__setattr__(self, "_precision", np.swapaxes(inverse, 1, 2) @ inverse)  # Sigma_m^-1 [M, D, D]
 
     @property
     def dim(self) -> int:
@@ -59,15 +60,14 @@ class GaussianMixturePrior:
         return (self.means[component] + self.scale_tril[component] @ noise).astype(np.float32)
 
     def grad_log_prob(self, z: np.ndarray) -> np.ndarray:
-        """d log p / dz for z float32 [B, D] -> float32 [B, D]."""
-        centred = z.astype(np.float64)[:, None, :] - self.means[None]  # [B, M, D]
-        whitened = np.einsum("mij,bmj->bmi", self._inverse_tril, centred)  # L^-1 (z - mu)
-        log_resp = self._log_norm[None] - 0.5 * np.sum(whitened**2, axis=2)  # [B, M]
-        log_resp -= log_resp.max(axis=1, keepdims=True)
+        """d log p / dz for z float32 [B, D] -> float32 [B, D]: -sum_m resp_m(z) Sigma_m^-1 (z - mu_m)."""
+        centred = z.astype(np.float64).T[None] - self.means[:, :, None]  # [M, D, B]
+        pulled = self._precision @ centred  # Sigma_m^-1 (z - mu_m), [M, D, B]
+        log_resp = self._log_norm[:, None] - 0.5 * np.sum(centred * pulled, axis=1)  # [M, B]
+        log_resp -= log_resp.max(axis=0, keepdims=True)
         resp = np.exp(log_resp)
-        resp /= resp.sum(axis=1, keepdims=True)
-        precision_times = np.einsum("mji,bmj->bmi", self._inverse_tril, whitened)  # Sigma^-1 (z - mu)
-        return (-np.einsum("bm,bmi->bi", resp, precision_times)).astype(np.float32)
+        resp /= resp.sum(axis=0, keepdims=True)
+        return (-np.sum(pulled * resp[:, None, :], axis=0).T).astype(np.float32)
 
     def describe(self) -> str:
         return f"gaussian mixture ({len(self.weights)} components)"
