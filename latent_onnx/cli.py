@@ -27,7 +27,7 @@ from .images import PNG_TEXT_KEY, check_new_files, check_output_dir, make_grid, 
 from .pipeline import PATHS, Pipeline
 from .sessions import DEVICES
 
-TRAJECTORY_FRAMES = 60  # at most this many frames in a --save-trajectory GIF
+TRAJECTORY_FRAMES = 60  # about this many frames (at most 2 more) in a --save-trajectory GIF
 MIN_GIF_SIZE = 128  # GIF frames are scaled up (nearest) to at least this many pixels high
 
 
@@ -155,7 +155,7 @@ def generate(classes, caption, n, seed, start_index, steps, eps1, eps2, prior_we
     console = Console(stderr=True)
     show_progress = not as_json and console.is_terminal
     config = pipe.sampler_config(preset, steps=steps, eps1=eps1, eps2=eps2, prior_weight=prior_weight)
-    frame_every = max(1, config.steps // TRAJECTORY_FRAMES)
+    frame_every = -(-config.steps // TRAJECTORY_FRAMES)
     frames: list[np.ndarray] = []
 
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -164,7 +164,8 @@ def generate(classes, caption, n, seed, start_index, steps, eps1, eps2, prior_we
 
         def on_step(step: int, total: int, z: np.ndarray):
             progress.update(task, completed=step, total=total)
-            if save_trajectory is not None and step <= config.steps and (step % frame_every == 0 or step == 1):
+            first_chain = step <= config.steps
+            if save_trajectory is not None and first_chain and (step % frame_every == 0 or step in (1, config.steps)):
                 frames.append(z[0].copy())
 
         result = pipe.generate(
@@ -189,9 +190,10 @@ def generate(classes, caption, n, seed, start_index, steps, eps1, eps2, prior_we
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        console.print(f"wrote {n} image(s) to {out_dir}/ (bundle {pipe.bundle.name}, seed {seed}, {config.steps} steps)")
+        out = Console(soft_wrap=True)
+        out.print(f"wrote {n} image(s) to {out_dir}/ (bundle {pipe.bundle.name}, seed {seed}, {config.steps} steps)")
         for extra in extra_files:
-            console.print(f"wrote {extra}")
+            out.print(f"wrote {extra}")
 
 
 @cli.command()
