@@ -36,12 +36,18 @@ def _fail(message: str, code: int):
     sys.exit(code)
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
 class _Cli(click.Group):
     """Turns every user error (click's and ours) into one line on stderr and an exit code."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             result = super().main(args, prog_name or "latent-onnx", complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as error:  # bare `latent-onnx`: the help, as click shows it
+            click.echo(error.format_message(), err=True)
+            sys.exit(error.exit_code)
         except click.ClickException as error:
             _fail(error.format_message(), error.exit_code)
         except LatentOnnxError as error:

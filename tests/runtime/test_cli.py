@@ -153,3 +153,10 @@ def test_the_runtime_never_imports_torch_or_onnx(tmp_path, tiny_bundle_template)
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "out").glob("sandal-s0-*.png"))) == 2
+
+
+def test_bare_command_shows_help_and_help_exits_zero(run):
+    bare = run()
+    assert bare.exit_code == 2 and "Commands:" in bare.stderr and "generate" in bare.stderr
+    helped = run("generate", "--help")
+    assert helped.exit_code == 0 and "--save-trajectory" in helped.stdout
