@@ -177,3 +177,22 @@ def test_cuda_absent_is_an_error_listing_the_providers():
         SessionFactory(device="cuda")
     with pytest.raises(InputError, match="device must be"):
         SessionFactory(device="tpu")
+
+
+def test_bundle_clip_and_init_are_applied(tiny_bundle):
+    import json
+
+    from conftest import write_manifest
+
+    from latent_onnx import Pipeline
+
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    manifest["latent"]["clip"] = [-0.1, 0.2]
+    manifest["latent"]["init"] = {"kind": "gaussian", "mean": 5.0, "std": 0.01}
+    write_manifest(tiny_bundle, manifest)
+    pipe = Pipeline.from_bundle(tiny_bundle, device="cpu")
+    result = pipe.generate(classes="sneaker", n=4, seed=0, steps=3)
+    assert result.config.clip == (-0.1, 0.2)
+    assert result.z.min() >= -0.1 and result.z.max() <= 0.2
+    start = pipe.generate(classes="sneaker", n=4, seed=0, steps=1, eps1=1e-9, eps2=0.0, prior_weight=0.0)
+    np.testing.assert_allclose(start.z, 0.2)  # drawn near 5, then clipped
