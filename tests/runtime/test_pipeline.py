@@ -1,13 +1,14 @@
 """The pipeline on a tiny bundle: conditions, reproducibility, batching, paths, threads."""
 
+import json
 import threading
 
 import numpy as np
 import pytest
-from conftest import D, H, K, T, W
+from conftest import D, H, K, T, W, write_manifest
 from PIL import Image
 
-from latent_onnx import GenerateOptions, InputError, SamplerConfig, SGLDSampler
+from latent_onnx import GenerateOptions, InputError, Pipeline, SamplerConfig, SGLDSampler
 from latent_onnx.images import to_pixels
 from latent_onnx.sessions import SessionFactory
 
@@ -180,12 +181,6 @@ def test_cuda_absent_is_an_error_listing_the_providers():
 
 
 def test_bundle_clip_and_init_are_applied(tiny_bundle):
-    import json
-
-    from conftest import write_manifest
-
-    from latent_onnx import Pipeline
-
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     manifest["latent"]["clip"] = [-0.1, 0.2]
     manifest["latent"]["init"] = {"kind": "gaussian", "mean": 5.0, "std": 0.01}
