@@ -68,7 +68,8 @@ REGISTRY: dict[str, PublishedFile] = {
 }
 
 
-def _digests_of(path: Path, algorithms: list[str]) -> dict[str, str]:
+def file_digests(path: Path, algorithms: list[str]) -> dict[str, str]:
+    """{hashlib name: hex digest} of the file at `path`."""
     hashers = {name: hashlib.new(name) for name in algorithms}
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK):
@@ -79,7 +80,7 @@ def _digests_of(path: Path, algorithms: list[str]) -> dict[str, str]:
 
 def _mismatch(path: Path, expected: dict[str, str]) -> str | None:
     """The first "algorithm actual != expected" text, or None when every pinned digest matches."""
-    actual = _digests_of(path, sorted(expected))
+    actual = file_digests(path, sorted(expected))
     for name, digest in sorted(expected.items()):
         if actual[name] != digest.lower():
             return f"{name} {actual[name]}, expected {digest.lower()}"

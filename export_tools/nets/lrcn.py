@@ -81,16 +81,15 @@ class LRCNCaptioner(nn.Module):
         }
 
     def forward(self, z: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch, steps = tokens.shape
+        # Every product is 2-d, one step at a time: a 3-d Linear would fix the batch size when traced.
         static_gates = self.head(z) @ self.lstm2.W_xc_static.T + self.lstm2.b_c  # [B, 4H]
-        previous = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)
-        word_gates = self.embedding(previous) @ self.lstm1.W_xc.T + self.lstm1.b_c  # [B, T, 4H]
-        h1 = c1 = h2 = c2 = z.new_zeros(batch, self.hidden)
-        outputs = []
-        for t in range(steps):
-            h1, c1 = lstm_cell(word_gates[:, t] + h1 @ self.lstm1.W_hc.T, c1)
+        previous = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)  # <eos> starts
+        h1 = c1 = h2 = c2 = torch.zeros_like(static_gates[:, : self.hidden])
+        logp = torch.zeros_like(mask[:, 0])
+        for t in range(tokens.shape[1]):
+            word_gates = self.embedding(previous[:, t]) @ self.lstm1.W_xc.T + self.lstm1.b_c
+            h1, c1 = lstm_cell(word_gates + h1 @ self.lstm1.W_hc.T, c1)
             h2, c2 = lstm_cell(h1 @ self.lstm2.W_xc.T + static_gates + h2 @ self.lstm2.W_hc.T, c2)
-            outputs.append(h2)
-        log_probs = torch.log_softmax(self.predict(torch.stack(outputs, dim=1)), dim=-1)  # [B, T, V]
-        target = log_probs.gather(2, tokens.unsqueeze(2)).squeeze(2)  # [B, T]
-        return (target * mask).sum(dim=1)
+            log_probs = torch.log_softmax(self.predict(h2), dim=1)  # [B, V]
+            logp = logp + mask[:, t] * log_probs.gather(1, tokens[:, t : t + 1]).squeeze(1)
+        return logp
