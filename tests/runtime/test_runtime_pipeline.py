@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import D, H, K, T, W, write_manifest
+from runtime_bundles import D, H, K, T, W, write_manifest
 from PIL import Image
 
 from latent_onnx import GenerateOptions, InputError, Pipeline, SamplerConfig, SGLDSampler

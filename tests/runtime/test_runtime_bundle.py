@@ -6,7 +6,7 @@ import os
 import numpy as np
 import onnx
 import pytest
-from conftest import ALL_ROLES, D, build_graphs, sha256_file, tiny_weights, write_manifest, write_tiny_bundle
+from runtime_bundles import ALL_ROLES, D, build_graphs, sha256_file, tiny_weights, write_manifest, write_tiny_bundle
 
 from latent_onnx import BundleError, Pipeline, load_bundle
 from latent_onnx.bundle import BUNDLE_ENV, resolve_bundle_dir
