@@ -9,6 +9,7 @@ evaluate         score samples of a bundle, made through the runtime, against re
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import click
 import torch
 
 from export_tools import ExportError
+from export_tools.recipes.evaluator import EvaluationPlan, EvaluatorConfig, Judge, evaluate_bundle, train_evaluator
+from export_tools.recipes.fashion_bundle import write_fashion_bundle
 from export_tools.recipes.fashion_data import DATA_DIR
 from export_tools.recipes.fashion_train import Trainer, TrainConfig
 
@@ -46,6 +49,83 @@ def train(out: Path, data_dir: Path, threads: int, **options) -> None:
     progress = Trainer(TrainConfig(**options), out, data_dir, log=lambda line: click.echo(line)).run()
     click.echo("training finished; seconds per stage: "
                + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in progress.seconds.items()))
+
+
+@main.command("train-evaluator")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/evaluator.pt"), show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=DATA_DIR, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads")
+@click.option("--epochs", type=int, default=EvaluatorConfig.epochs, show_default=True)
+@click.option("--train-limit", type=int, default=None, help="use only the first N training images")
+def train_evaluator_command(out: Path, data_dir: Path, threads: int, epochs: int, train_limit: int | None) -> None:
+    """Train the independent evaluator (class and colour CNN) that `evaluate` scores samples with."""
+    torch.set_num_threads(threads)
+    accuracy = train_evaluator(out, EvaluatorConfig(epochs=epochs, train_limit=train_limit), data_dir,
+                               log=lambda line: click.echo(line))
+    click.echo(f"evaluator saved to {out}; test accuracy: class {accuracy['class']:.4f}, "
+               f"colour {accuracy['colour']:.4f}")
+
+
+@main.command()
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/fashion"), show_default=True,
+              help="directory of a finished training run")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("onnx_models/fashion-colors"), show_default=True)
+@click.option("--overwrite", is_flag=True, help="replace an existing bundle directory")
+@click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads")
+def export(run_dir: Path, out: Path, overwrite: bool, threads: int) -> None:
+    """Export the trained networks, prior and tuned sampler defaults as a bundle (validated graphs)."""
+    torch.set_num_threads(threads)
+    report = write_fashion_bundle(run_dir, out, overwrite=overwrite, log=lambda line: click.echo(line))
+    for role, diffs in report.max_diff().items():
+        click.echo(f"{role}: " + ", ".join(f"{name} max|diff|={value:.2e}" for name, value in diffs.items()))
+    size = sum(path.stat().st_size for path in out.iterdir())
+    click.echo(f"bundle {out}: {size / 1e6:.2f} MB")
+
+
+def parse_overrides(pairs: tuple[str, ...]) -> dict:
+    """("eps1=0.02", "eps1_final=none", "normalize_grad=true") -> sampler overrides for the runtime."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"'{pair}' is not KEY=VALUE", param_hint="--set")
+        try:
+            overrides[key.strip()] = json.loads(value.lower() if value.lower() in ("true", "false", "null") else
+                                                "null" if value.lower() == "none" else value)
+        except json.JSONDecodeError:
+            raise click.BadParameter(f"'{value}' is not a number, true/false or none", param_hint="--set") from None
+    return overrides
+
+
+@main.command()
+@click.option("--bundle", type=click.Path(path_type=Path), default=Path("onnx_models/fashion-colors"), show_default=True)
+@click.option("--evaluator", type=click.Path(path_type=Path), default=Path("runs/evaluator.pt"), show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=DATA_DIR, show_default=True)
+@click.option("--per-class", type=click.IntRange(2), default=EvaluationPlan.per_class, show_default=True)
+@click.option("--per-caption", type=click.IntRange(1), default=EvaluationPlan.per_caption, show_default=True)
+@click.option("--composite-per-class", type=click.IntRange(2), default=EvaluationPlan.composite_per_class,
+              show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=EvaluationPlan.seed, show_default=True)
+@click.option("--rows", default=",".join(EvaluationPlan.rows), show_default=True,
+              help="comma-separated subset of real,latent,captions,composite")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="sampler override, e.g. --set eps1=0.02 --set condition_scale=2 (repeatable)")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="also write the figures here as JSON")
+def evaluate(bundle: Path, evaluator: Path, data_dir: Path, per_class: int, per_caption: int,
+             composite_per_class: int, seed: int, rows: str, overrides: tuple[str, ...], json_path: Path | None) -> None:
+    """Score a bundle's samples (made by the runtime) and real test images with the independent evaluator."""
+    chosen = tuple(row.strip() for row in rows.split(",") if row.strip())
+    unknown = set(chosen) - set(EvaluationPlan.rows)
+    if unknown:
+        raise click.BadParameter(f"unknown rows {sorted(unknown)}", param_hint="--rows")
+    plan = EvaluationPlan(per_class=per_class, per_caption=per_caption, composite_per_class=composite_per_class,
+                          seed=seed, rows=chosen)
+    sampler = parse_overrides(overrides)
+    figures = evaluate_bundle(str(bundle), Judge.load(evaluator), plan, sampler, data_dir,
+                              log=lambda line: click.echo(line))
+    if json_path is not None:
+        json_path.write_text(json.dumps({"sampler_overrides": sampler, "plan": dataclasses.asdict(plan),
+                                         "rows": figures}, indent=2) + "\n")
 
 
 def run() -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from export_tools.priors import GaussianMixturePrior
 from export_tools.nets.fashion import Captioner, Discriminator, Encoder, Generator, Head
 from export_tools.recipes.errors import RecipeError
 from export_tools.recipes.fashion_data import (CLASS_NAMES, COLOUR_NAMES, DATA_DIR, CaptionTable, load_split,
@@ -39,16 +40,16 @@ class TrainConfig:
     head_hidden: int = 256  # width of the MLP head's hidden layers
     batch_size: int = 128  # images per optimisation step
     lr: float = 2e-3  # Adam learning rate of stages 1 and 3 (stage 3 uses half)
-    autoencoder_epochs: int = 8  # stage 1 passes over the training set
+    autoencoder_epochs: int = 5  # stage 1 passes over the training set
     head_epochs: int = 10  # stage 3 passes (cheap: MLP and LSTM on codes)
-    generator_epochs: int = 3  # stage 4 passes
+    generator_epochs: int = 1  # stage 4 passes
     code_noise: float = 0.2  # std of the noise added to the unit-variance raw code before G in stage 1
     head_code_noise: float = 0.3  # std of the noise added to whitened codes when training the head
     class_weight: float = 0.05  # weight of the auxiliary class loss on the code in stage 1
     feature_weight: float = 1.0  # stage 4: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 4: weight of the generator's adversarial loss
     cycle_weight: float = 0.05  # stage 4: weight of |E(G(z)) - z|^2 on prior samples
-    prior_ridge: float = 0.01  # added to each mixture component's covariance diagonal
+    prior_ridge: float = 0.01  # each mixture component's covariance gets ridge * (its mean variance) on the diagonal
     train_limit: int | None = None  # use only the first N training images (tests, quick trials)
     seed: int = 0  # seed of initialisation, shuffling and noise
 
@@ -57,42 +58,24 @@ class TrainConfig:
         return {"autoencoder": self.autoencoder_epochs, "prior": 1, "head": self.head_epochs,
                 "generator": self.generator_epochs}
 
+    def identity(self) -> dict:
+        """The fields that define what is trained; epoch counts only say how long, so a run may be extended."""
+        return {key: value for key, value in asdict(self).items() if not key.endswith("_epochs")}
+
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-@dataclass
-class MixturePrior:
-    """Gaussian mixture over whitened codes; component k is (class k // colours, colour k % colours)."""
+def sample_components(prior: GaussianMixturePrior, count: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws from the mixture with their component: z float32 [count, D], component int64 [count]."""
+    component = rng.choice(prior.components, size=count, p=prior.weights)
+    noise = rng.standard_normal((count, prior.dim))
+    z = prior.means[component] + np.einsum("nij,nj->ni", prior.scale_tril[component], noise)
+    return torch.from_numpy(z).float(), torch.from_numpy(component)
 
-    weights: np.ndarray  # [M] float64, sums to 1
-    means: np.ndarray  # [M, D] float64
-    scale_tril: np.ndarray  # [M, D, D] float64, lower Cholesky factors of the covariances
 
-    @classmethod
-    def fit(cls, codes: np.ndarray, components: np.ndarray, count: int, ridge: float) -> "MixturePrior":
-        """codes [N, D], components int [N] in [0, count) -> one full-covariance Gaussian per component."""
-        dim = codes.shape[1]
-        weights, means, trils = [], [], []
-        for k in range(count):
-            member = codes[components == k].astype(np.float64)
-            if len(member) < 2:
-                raise RecipeError(f"prior component {k} has {len(member)} training codes; use more training images")
-            weights.append(len(member))
-            means.append(member.mean(0))
-            trils.append(np.linalg.cholesky(np.cov(member.T) + ridge * np.eye(dim)))
-        weights = np.array(weights, dtype=np.float64)
-        return cls(weights / weights.sum(), np.stack(means), np.stack(trils))
-
-    def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> z float32 [count, D], component int64 [count]."""
-        component = torch.multinomial(torch.from_numpy(self.weights), count, True, generator=generator)
-        noise = torch.randn(count, self.means.shape[1], 1, generator=generator, dtype=torch.float64)
-        z = torch.from_numpy(self.means)[component] + (torch.from_numpy(self.scale_tril)[component] @ noise)[..., 0]
-        return z.float(), component
-
-    def state(self) -> dict:
-        return {"weights": self.weights, "means": self.means, "scale_tril": self.scale_tril}
+def prior_state(prior: GaussianMixturePrior) -> dict[str, np.ndarray]:
+    return {"weights": prior.weights, "means": prior.means, "scale_tril": prior.scale_tril}
 
 
 @dataclass
@@ -144,7 +127,7 @@ class Trainer:
         self.vocab = vocabulary()
         self.nets = Networks.build(config, len(self.vocab))
         self.progress = Progress()
-        self.prior: MixturePrior | None = None
+        self.prior: GaussianMixturePrior | None = None  # over whitened codes; component = class * colours + colour
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
     @property
@@ -161,12 +144,12 @@ class Trainer:
         if state["config_digest"] != self.config.digest():
             raise RecipeError(
                 f"{self.checkpoint_path} was trained with another configuration "
-                f"({describe_config_change(state['config'], asdict(self.config))}); "
+                f"({describe_config_change(state['config'], self.config.identity())}); "
                 "use the same options or a new --out directory")
         for name, module in self.nets.modules().items():
             module.load_state_dict(state["modules"][name])
         self.progress = Progress(**state["progress"])
-        self.prior = MixturePrior(**state["prior"]) if state["prior"] else None
+        self.prior = GaussianMixturePrior(**state["prior"]) if state["prior"] else None
         self.pending_optimizer_states = state["optimizers"]
         self.log(f"resumed from {self.checkpoint_path}: {self.progress.epochs_done}")
 
@@ -177,7 +160,7 @@ class Trainer:
             "modules": {name: module.state_dict() for name, module in self.nets.modules().items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "progress": asdict(self.progress),
-            "prior": self.prior.state() if self.prior else None,
+            "prior": prior_state(self.prior) if self.prior else None,
             "vocabulary": self.vocab,
         }
         temp = self.checkpoint_path.with_suffix(".tmp")
@@ -276,29 +259,30 @@ class Trainer:
             generator.whitening.load_state_dict(encoder.whitening.state_dict())
         codes = self.encode_all().numpy()
         components = (self.labels * len(COLOUR_NAMES) + self.colours).numpy()
-        self.prior = MixturePrior.fit(codes, components, len(CLASS_NAMES) * len(COLOUR_NAMES), self.config.prior_ridge)
+        if np.bincount(components, minlength=len(CLASS_NAMES) * len(COLOUR_NAMES)).min() < 2:
+            raise RecipeError("some (class, colour) pair has fewer than 2 training images; use more (--train-limit)")
+        self.prior = GaussianMixturePrior.fit(codes, components, ridge=self.config.prior_ridge)
         return {"code_std": float(codes.std()), "component_std": float(np.mean(
             [np.sqrt(np.trace(t @ t.T) / t.shape[0]) for t in self.prior.scale_tril]))}
 
     # -- stage 3 --------------------------------------------------------------------------
 
-    def prior_batch(self, count: int, generator: torch.Generator):
+    def prior_batch(self, count: int, rng: np.random.Generator):
         """Prior samples with the class and colour of their component: z [B, D], labels [B], colours [B]."""
-        z, component = self.prior.sample(count, generator)
+        z, component = sample_components(self.prior, count, rng)
         return z, component // len(COLOUR_NAMES), component % len(COLOUR_NAMES)
 
     def head_epoch(self, epoch: int) -> dict[str, float]:
         nets, cfg = self.nets, self.config
         codes = self.encode_all()
         opt = self.optimizer("head", nets.captioner.parameters(), cfg.lr)
-        rng = np.random.default_rng([cfg.seed, epoch])
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        rng = np.random.default_rng([cfg.seed, 3, epoch])
         sums = {"class": 0.0, "caption": 0.0, "accuracy": 0.0}
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
             half = len(index) // 2
             real = codes[index[:half]] + cfg.head_code_noise * torch.randn(half, cfg.latent_dim)
-            fake, fake_labels, fake_colours = self.prior_batch(len(index) - half, gen)
+            fake, fake_labels, fake_colours = self.prior_batch(len(index) - half, rng)
             z = torch.cat([real, fake])
             labels = torch.cat([self.labels[index[:half]], fake_labels])
             colours = torch.cat([self.colours[index[:half]], fake_colours])
@@ -325,7 +309,7 @@ class Trainer:
         encoder.requires_grad_(False)
         opt_g = self.optimizer("generator", generator.parameters(), cfg.lr / 2)
         opt_d = self.optimizer("discriminator", disc.parameters(), cfg.lr / 2)
-        gen = torch.Generator().manual_seed(cfg.seed * 104729 + epoch)
+        rng = np.random.default_rng([cfg.seed, 4, epoch])
         sums = {"pixel": 0.0, "feature": 0.0, "cycle": 0.0, "adv_g": 0.0, "adv_d": 0.0}
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
@@ -333,7 +317,7 @@ class Trainer:
             with torch.no_grad():
                 z = encoder(x)
                 target_features = encoder.features(x)
-            z_prior, _, _ = self.prior_batch(len(index), gen)
+            z_prior, _, _ = self.prior_batch(len(index), rng)
             recon = generator(z)
             sampled = generator(z_prior)
             # discriminator: real images against reconstructions and prior decodings
@@ -370,23 +354,23 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def describe_config_change(old: dict, new: dict) -> str:
-    changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
-               if old.get(key) != new.get(key)]
+    changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(new) if old.get(key) != new.get(key)]
     return ", ".join(changed) or "same values, different digest"
 
 
-def trained_networks(out_dir: Path) -> tuple[TrainConfig, Networks, MixturePrior, list[str]]:
+def trained_networks(out_dir: Path) -> tuple[TrainConfig, Networks, GaussianMixturePrior, list[str]]:
     """The finished networks (eval mode), prior and vocabulary from a completed training run."""
     path = Path(out_dir) / "checkpoint.pt"
     if not path.exists():
         raise RecipeError(f"no checkpoint in {out_dir}; train first: python -m export_tools.recipes.fashion train --out {out_dir}")
     state = load_checkpoint(path)
     config = TrainConfig(**state["config"])
-    if state["progress"]["epochs_done"] != config.stage_epochs():
-        raise RecipeError(f"training in {out_dir} is not finished ({state['progress']['epochs_done']}); "
+    done = state["progress"]["epochs_done"]
+    if any(done[stage] < epochs for stage, epochs in config.stage_epochs().items()):
+        raise RecipeError(f"training in {out_dir} is not finished ({done}); "
                           f"resume it: python -m export_tools.recipes.fashion train --out {out_dir}")
     nets = Networks.build(config, len(state["vocabulary"]))
     for name, module in nets.modules().items():
         module.load_state_dict(state["modules"][name])
         module.eval()
-    return config, nets, MixturePrior(**state["prior"]), state["vocabulary"]
+    return config, nets, GaussianMixturePrior(**state["prior"]), state["vocabulary"]
