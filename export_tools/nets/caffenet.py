@@ -35,6 +35,16 @@ _NORMALISED = ("conv1", "conv2")  # LRN after their pooling
 _POOL5_SIDE = 6  # pool5 is [B, 256, 6, 6] for a 227 x 227 input
 
 
+def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75) -> torch.Tensor:
+    """Caffe's across-channel LRN on x [B, C, H, W]: x / (1 + alpha / size * sum of x^2 over `size` channels) ^ beta.
+
+    Written out (nn.LocalResponseNorm pools in 3-d, whose gradient the ONNX exporter cannot translate).
+    """
+    squared = nn.functional.pad(x * x, (0, 0, 0, 0, size // 2, (size - 1) // 2))  # zero channels either side
+    window = sum(squared[:, i : i + x.shape[1]] for i in range(size))
+    return x / (1.0 + alpha / size * window) ** beta
+
+
 def _layers_of(module: nn.Module, names: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
     return {n: [getattr(module, n).weight, getattr(module, n).bias] for n in names}
 
@@ -52,7 +62,6 @@ class CaffeNetEncoder(nn.Module):
             self.add_module(name, nn.Conv2d(narrow(fan_in, width), narrow(fan_out, width), kernel,
                                             stride=stride, padding=pad, groups=groups))
         self.fc6 = nn.Linear(narrow(256, width) * _POOL5_SIDE**2, 4096 // width)
-        self.norm = nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=1.0)
         self.code_dim = 4096 // width
 
     def caffe_layers(self) -> dict[str, list[torch.Tensor]]:
@@ -68,7 +77,7 @@ class CaffeNetEncoder(nn.Module):
             if name in _POOLED:
                 h = nn.functional.max_pool2d(h, kernel_size=3, stride=2, ceil_mode=True)
             if name in _NORMALISED:
-                h = self.norm(h)
+                h = local_response_norm(h)
         return torch.relu(self.fc6(h.flatten(1)))
 
 
