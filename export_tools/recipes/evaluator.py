@@ -1,6 +1,6 @@
 """An independent judge of coloured Fashion-MNIST images, and the sample-quality figures it gives.
 
-The evaluator is its own CNN (3x3 convs with max pooling, unlike the bundle's strided encoder),
+The evaluator is its own CNN (3x3 convs, batch norm, max pooling; unlike the bundle's strided encoder),
 trained with its own seed on the coloured training images, with two heads: class and colour.
 Its penultimate layer is the feature space of the diversity and Frechet-distance figures.
 """
@@ -22,7 +22,7 @@ from export_tools.recipes.fashion_data import CLASS_NAMES, COLOUR_NAMES, DATA_DI
 
 @dataclass
 class EvaluatorConfig:
-    epochs: int = 3  # passes over the training set
+    epochs: int = 5  # passes over the training set
     batch_size: int = 128  # images per step
     lr: float = 2e-3  # Adam learning rate
     shift: int = 2  # random translation of up to this many pixels (augmentation)
@@ -35,18 +35,21 @@ class EvaluatorNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.convs = nn.ModuleList([nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1),
-                                    nn.Conv2d(64, 128, 3, padding=1)])
+        self.blocks = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+                          nn.MaxPool2d(2))
+            for c_in, c_out in ((3, 32), (32, 64), (64, 128))])
+        self.dropout = nn.Dropout(0.3)
         self.features = nn.Linear(128 * 4 * 4, 128)
         self.klass = nn.Linear(128, len(CLASS_NAMES))
         self.colour = nn.Linear(128, len(COLOUR_NAMES))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = x
-        for conv in self.convs:
-            h = F.max_pool2d(F.relu(conv(h)), 2)
+        for block in self.blocks:
+            h = block(h)
         features = F.relu(self.features(h.flatten(1)))
-        return self.klass(features), self.colour(features), features
+        return self.klass(self.dropout(features)), self.colour(features), features
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -68,7 +71,7 @@ def train_evaluator(out_path: Path, config: EvaluatorConfig, data_dir: Path = DA
     train = load_split("train", data_dir, config.train_limit)
     x_all = to_tensor(train.images)
     labels, colours = torch.from_numpy(train.labels), torch.from_numpy(train.colours)
-    net = EvaluatorNet()
+    net = EvaluatorNet().train()
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     steps_per_epoch = len(labels) // config.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * steps_per_epoch)
@@ -163,7 +166,7 @@ class Scores:
     count: int  # number of images scored
     class_agreement: float  # fraction whose evaluator class is the requested class
     colour_agreement: float | None  # fraction whose evaluator colour is the requested colour
-    diversity_ratio: float  # mean over classes of within-class feature spread, relative to real test images
+    diversity_ratio: float  # mean over classes of within-class feature spread / real images' (nan: no class has 2)
     frechet: float  # Frechet distance to the reference real test images in evaluator feature space
 
 
@@ -174,14 +177,14 @@ def score(judge: Judge, images: np.ndarray, classes: np.ndarray, colours: np.nda
     ratios = []
     for label in np.unique(classes):
         generated = seen.features[classes == label]
-        real = reference.features[reference_classes == label][: max(len(generated), 2)]
-        if len(generated) >= 2:
+        real = reference.features[reference_classes == label][: len(generated)]
+        if len(real) >= 2 and len(generated) >= 2:
             ratios.append(mean_pairwise_distance(generated) / mean_pairwise_distance(real))
     return Scores(
         count=len(images),
         class_agreement=float(np.mean(seen.classes == classes)),
         colour_agreement=None if colours is None else float(np.mean(seen.colours == colours)),
-        diversity_ratio=float(np.mean(ratios)),
+        diversity_ratio=float(np.mean(ratios)) if ratios else float("nan"),
         frechet=frechet_distance(seen.features, reference.features),
     )
 
