@@ -4,6 +4,7 @@ train            train E, G, the MLP head, the captioner and the prior (resumabl
 export           write the bundle (onnx_models/fashion-colors) from a finished training run
 train-evaluator  train the independent evaluator CNN used by `evaluate`
 evaluate         score samples of a bundle, made through the runtime, against real test images
+readme-pictures  docs/images/classes.png and captions.png, made by the runtime from the bundle
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
+from PIL import Image
+
+from latent_onnx import Pipeline
+from latent_onnx.images import make_grid, save_png
 
 from export_tools import ExportError
 from export_tools.recipes.evaluator import EvaluationPlan, EvaluatorConfig, Judge, evaluate_bundle, train_evaluator
 from export_tools.recipes.fashion_bundle import write_fashion_bundle
-from export_tools.recipes.fashion_data import DATA_DIR
+from export_tools.recipes.fashion_data import CLASS_NAMES, DATA_DIR
 from export_tools.recipes.fashion_train import Trainer, TrainConfig
 
 
@@ -126,6 +132,31 @@ def evaluate(bundle: Path, evaluator: Path, data_dir: Path, per_class: int, per_
     if json_path is not None:
         json_path.write_text(json.dumps({"sampler_overrides": sampler, "plan": dataclasses.asdict(plan),
                                          "rows": figures}, indent=2) + "\n")
+
+
+README_CAPTIONS = ["a red sneaker", "a pair of blue trousers", "an orange bag", "a yellow dress",
+                   "a green pullover", "a purple ankle boot", "a pink t-shirt", "a white coat",
+                   "a sandal in green", "a pair of red sandals"]
+
+
+@main.command("readme-pictures")
+@click.option("--bundle", type=click.Path(path_type=Path), default=Path("onnx_models/fashion-colors"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("docs/images"), show_default=True)
+@click.option("--columns", type=click.IntRange(1, 32), default=10, show_default=True, help="samples per row")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--scale", type=click.IntRange(1, 8), default=3, show_default=True, help="nearest-neighbour upscaling")
+def readme_pictures(bundle: Path, out: Path, columns: int, seed: int, scale: int) -> None:
+    """classes.png (one row per class) and captions.png (one row per caption), made by the runtime."""
+    pipe = Pipeline.from_bundle(str(bundle))
+    for name, requests in (("classes", [{"classes": c} for c in CLASS_NAMES]),
+                           ("captions", [{"caption": c} for c in README_CAPTIONS])):
+        pixels = np.concatenate([pipe.generate(n=columns, seed=seed, batch_size=columns, **request).pixels
+                                 for request in requests])
+        grid = make_grid(pixels, columns=columns)
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+        rows = "; ".join(next(iter(request.values())) for request in requests)
+        save_png(grid, out / f"{name}.png", {"latent-onnx": f"bundle {bundle}, seed {seed}, rows: {rows}"})
+        click.echo(f"wrote {out / name}.png")
 
 
 def run() -> None:
