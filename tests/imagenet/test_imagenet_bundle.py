@@ -112,6 +112,22 @@ def test_generate_goldfinch_and_a_caption_end_to_end(reference, tmp_path):
         images = sorted(out.glob("*.png"))
         assert len(images) == 2
         assert Image.open(images[0]).size == (256, 256)
+    start = tmp_path / "from_image"  # through the encoder graph
+    _run(runtime_main, ["generate", "--bundle", str(bundle), "--class", "goldfinch", "--init-image", str(images[0]),
+                        "-n", "1", "--steps", "2", "--seed", "5", "--out", str(start), "--json"])
+    assert len(list(start.glob("*.png"))) == 1
+
+
+@pytest.mark.slow  # about 60 s: the composite gradient runs the 256x256 generator and CaffeNet
+def test_composite_path_exports_and_samples(reference, tmp_path):
+    _, files, _ = reference
+    bundle = tmp_path / "composite"
+    _run(export_main, ["imagenet", "convert", str(bundle), "--generator", str(files["generator"]), "--classifier",
+                       str(files["classifier"]), "--composite", "--no-encoder", "--crop", "--width", str(WIDTH)])
+    _run(runtime_main, ["generate", "--bundle", str(bundle), "--class", "goldfinch", "--path", "composite", "-n", "1",
+                        "--steps", "2", "--seed", "1", "--out", str(tmp_path / "out"), "--json"])
+    (image,) = (tmp_path / "out").glob("*.png")
+    assert Image.open(image).size == (227, 227)
 
 
 def test_cropped_bundle_declares_227_and_the_crop(reference):

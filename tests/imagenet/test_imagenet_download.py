@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from export_tools import ExportError
+from export_tools.cli import main as export_main
 from export_tools.convert.download import download, download_published
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, so a download takes several chunks of the server's writes
@@ -112,3 +113,14 @@ def test_download_without_a_digest_or_with_a_bad_url_is_refused(tmp_path):
     with _Server({}) as server:
         with pytest.raises(ExportError, match="HTTP 404"):
             download(f"{server.url}/missing", "m", tmp_path, _sha256(b""), show_progress=False)
+
+
+def test_download_command_lists_files_and_checks_pins(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["imagenet", "download", "--list"])
+    assert exit_info.value.code == 0
+    listing = capsys.readouterr().out
+    assert "deepsim-fc6" in listing and "research use only" in listing
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["imagenet", "download", "lrcn", "--sha256", "nonsense"])
+    assert exit_info.value.code == 6 and "must look like FILE=HEX" in capsys.readouterr().err
