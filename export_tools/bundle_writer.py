@@ -196,11 +196,7 @@ def _write_files_and_manifest(spec: BundleSpec, staging: Path, reports: dict[str
         "torch": torch.__version__,
         "validation": {role: report.max_diff for role, report in reports.items()},
     }
-    try:
-        text = json.dumps(manifest, indent=2, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ExportError(f"the manifest cannot be written as JSON ({exc}): check provenance, sampler and presets") from exc
-    (staging / "manifest.json").write_text(text + "\n")
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
     return manifest
 
 
@@ -280,3 +276,7 @@ def _check_spec(spec: BundleSpec) -> None:
         if not isinstance(preset, str) or not preset or not isinstance(values, dict):
             raise ExportError(f"preset {preset!r} must map a name to a dict of sampler overrides")
         _check_sampler_values(values, f"preset {preset!r}")
+    try:
+        json.dumps([spec.name, spec.description, spec.license, spec.sampler, spec.presets, spec.provenance], allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"the manifest cannot be written as JSON ({exc}): check provenance, sampler and presets") from exc

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 import warnings
@@ -111,8 +112,34 @@ def _convolution_input_backward(grad_out, input, weight, bias_sizes, stride, pad
     return grad_input, None, grad_bias
 
 
+def _avg_pool_input_backward(grad_out, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                             divisor_override):
+    """aten.avg_pool{2,3}d_backward (no ONNX function; LocalResponseNorm uses avg_pool3d) as one transposed
+    convolution of every channel with a constant kernel; exact whenever every window has the same divisor."""
+    spatial = input.dim() - 2
+    kernel = list(kernel_size) * spatial if len(kernel_size) == 1 else list(kernel_size)
+    stride = kernel if not stride else list(stride) * spatial if len(stride) == 1 else list(stride)
+    padding = list(padding) * spatial if len(padding) == 1 else list(padding)
+    out_sizes = list(grad_out.shape[2:])
+    in_sizes = list(input.shape[2:])
+    floor_sizes = [(i + 2 * p - k) // s + 1 for i, p, k, s in zip(in_sizes, padding, kernel, stride)]
+    if out_sizes != floor_sizes or (any(padding) and not count_include_pad and divisor_override is None):
+        raise NotImplementedError("average pooling with windows of different sizes cannot be differentiated for export")
+    divisor = divisor_override or math.prod(kernel)
+    lost = [i - ((o - 1) * s - 2 * p + k) for i, o, s, p, k in zip(in_sizes, out_sizes, stride, padding, kernel)]
+    weight = grad_out.new_ones([1, 1, *kernel]) / divisor
+    per_channel = grad_out.reshape(-1, 1, *out_sizes)
+    grad_input = torch.ops.aten.convolution.default(
+        per_channel, weight, None, stride, padding, [1] * spatial, True, lost, 1)
+    return grad_input.reshape(input.shape)
+
+
 # Backward ops the ONNX exporter cannot translate, rewritten while tracing the gradient.
-_GRADIENT_DECOMPOSITIONS = {torch.ops.aten.convolution_backward.default: _convolution_input_backward}
+_GRADIENT_DECOMPOSITIONS = {
+    torch.ops.aten.convolution_backward.default: _convolution_input_backward,
+    torch.ops.aten.avg_pool2d_backward.default: _avg_pool_input_backward,
+    torch.ops.aten.avg_pool3d_backward.default: _avg_pool_input_backward,
+}
 
 
 class TracedGradient(nn.Module):
@@ -173,12 +200,24 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Path,
                    latent_sampler: LatentSampler | None) -> None:
     """Export `module` (inputs and outputs in spec order) to `path` with a dynamic batch axis."""
     rng = np.random.default_rng(12345)
     example = spec.example_inputs(dims, batch=2, rng=rng, latent_sampler=latent_sampler)
     args = tuple(torch.from_numpy(example[t.name]) for t in spec.inputs)
+    try:
+        with torch.no_grad():
+            module(*args)
+    except Exception as exc:
+        shapes = ", ".join(f"{t.name} {list(a.shape)} {t.dtype}" for t, a in zip(spec.inputs, args))
+        raise ExportError(f"{spec.role}: the network fails on inputs of the contract's shapes ({shapes}): "
+                          f"{type(exc).__name__}: {_first_line(exc)}") from exc
     size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
     if size > _MAX_EMBEDDED_BYTES:
         raise ExportError(f"{spec.role}: {size / 1e9:.1f} GB of weights does not fit in one ONNX file (limit 1.5 GB)")
@@ -200,8 +239,7 @@ def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Pa
         root = exc
         while root.__cause__ is not None:
             root = root.__cause__
-        message = str(root).strip().splitlines()[0] if str(root).strip() else ""
-        raise ExportError(f"{spec.role}: ONNX export failed: {type(root).__name__}: {message}") from exc
+        raise ExportError(f"{spec.role}: ONNX export failed: {type(root).__name__}: {_first_line(root)}") from exc
     os.replace(tmp, path)
 
 

@@ -93,3 +93,9 @@ def test_a_network_breaking_the_contract_is_refused(tmp_path):
     with pytest.raises(ExportError, match=r"classifier\.onnx: output 'logits' has shape \['batch', 4\], the contract says"):
         export_classifier(too_many_classes, DIMS, tmp_path / "classifier.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_network_that_fails_on_contract_shapes_is_named(tmp_path):
+    wrong_input_size = torch.nn.Linear(D + 1, K)
+    with pytest.raises(ExportError, match=r"classifier: the network fails on inputs of the contract's shapes \(z \[2, 6\] float32\): RuntimeError"):
+        export_classifier(wrong_input_size, DIMS, tmp_path / "classifier.onnx")

@@ -46,15 +46,18 @@ class Encoder(nn.Module):
 
 
 class ImageClassifier(nn.Module):
-    """x [B, 3, 10, 10] (generator output) -> logits [B, K], through conv, max pooling and a linear layer."""
+    """x [B, 3, 10, 10] (generator output) -> logits [B, K], through conv, max pooling, local response
+    normalisation (CaffeNet's layers, whose backward ops need rewriting for ONNX) and a linear layer."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 5, 3, 1, 1)
-        self.fc = nn.Linear(5 * 5 * 5, K)
+        self.norm = nn.LocalResponseNorm(size=3, alpha=0.1, beta=0.75, k=1.0)
+        self.fc = nn.Linear(5 * 6 * 6, K)  # pooled to 6x6 (ceil rounding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+        pooled = nn.functional.max_pool2d(torch.relu(self.conv(x)), 3, 2, padding=1, ceil_mode=True)
+        return self.fc(self.norm(pooled).flatten(1))
 
 
 class Captioner(nn.Module):
