@@ -233,11 +233,11 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_words(words: list[str], what: str, unique: bool) -> None:
-    if not words or any(not isinstance(w, str) or not w.strip() or "\n" in w or w != w.strip() for w in words):
+def _check_lines(lines: list[str], what: str) -> None:
+    """Each entry becomes one line of a text file, so it must be one non-blank line (duplicates are allowed:
+    ImageNet names "crane" twice)."""
+    if not lines or any(not isinstance(w, str) or not w.strip() or "\n" in w or w != w.strip() for w in lines):
         raise ExportError(f"{what} must be a non-empty list of non-blank one-line strings without surrounding spaces")
-    if unique and len(set(words)) != len(words):
-        raise ExportError(f"{what} holds duplicates")
 
 
 def _check_spec(spec: BundleSpec) -> None:
@@ -261,12 +261,12 @@ def _check_spec(spec: BundleSpec) -> None:
     if (spec.head is not None or spec.image_classifier is not None) and not spec.classes:
         raise ExportError("a head or image_classifier needs the class names (BundleSpec.classes)")
     if spec.classes:
-        _check_words(spec.classes, "classes", unique=False)  # ImageNet names "crane" twice
+        _check_lines(spec.classes, "classes")
     if spec.captioner is not None:
         if not spec.vocabulary or spec.max_tokens is None:
             raise ExportError("a captioner needs BundleSpec.vocabulary and BundleSpec.max_tokens")
     if spec.vocabulary:
-        _check_words(spec.vocabulary, "vocabulary", unique=True)
+        _check_lines(spec.vocabulary, "vocabulary")
         if spec.vocabulary[0] != "<eos>" or any(" " in w for w in spec.vocabulary):
             raise ExportError("vocabulary must start with '<eos>' (token 0) and hold single words")
         if not isinstance(spec.max_tokens, int) or spec.max_tokens < 2:

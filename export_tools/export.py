@@ -160,7 +160,8 @@ class TracedGradient(nn.Module):
             return logp, grad
 
         state = [t.detach() for t in tensors.values()]
-        self.traced = make_fx(logp_and_grad, tracing_mode="symbolic", decomposition_table=_GRADIENT_DECOMPOSITIONS)(*example_inputs, *state)
+        trace = make_fx(logp_and_grad, tracing_mode="symbolic", decomposition_table=_GRADIENT_DECOMPOSITIONS)
+        self.traced = trace(*example_inputs, *state)
         self.state_names = [f"state_{i}" for i in range(len(state))]
         for name, tensor in zip(self.state_names, state):
             self.register_buffer(name, tensor)
