@@ -6,9 +6,10 @@ the composite path (generator, then the full CaffeNet) for the speed comparison.
 CaffeNet's 4096-d post-ReLU fc6.
 
 Sampler settings written into the bundle:
-- default ("ppgn"): PPGN's fc6 class sampling (Nguyen et al. 2017, Evolving-AI-Lab/ppgn
-  1_class_conditional_sampling.sh): step 1 decaying linearly to 1e-10, gradient divided by its mean
-  absolute value, no prior term, z clipped to [0, 30] (latent.clip; `clip=None` turns it off).
+- default: PPGN's fc6 class sampling (Nguyen et al. 2017, Evolving-AI-Lab/ppgn sampler.py and
+  1_class_conditional_sampling.sh): 200 steps of size 1 on the gradient divided by its mean
+  absolute value, no prior term (PPGN's is a denoiser this bundle does not have), noise negligible
+  (PPGN's std is 1e-17), z clipped to [0, 30] after each step (latent.clip; `clip=None` turns it off).
 - preset "paper" (Acuna & Duvenaud): eps1 = 1e-3, eps2 = 1e-8, z_0 ~ N(0, I), no prior term.
 """
 
@@ -31,7 +32,7 @@ from export_tools.priors import GaussianPrior
 
 PPGN_CLIP = (0.0, 30.0)  # PPGN clips the fc6 code to this range after every step
 PPGN_SAMPLER = {
-    "steps": 200, "eps1": 1.0, "eps1_final": 1e-10, "eps2": 1e-8, "prior_weight": 0.0,
+    "steps": 200, "eps1": 1.0, "eps1_final": None, "eps2": 0.0, "prior_weight": 0.0,
     "condition_scale": 1.0, "normalize_grad": True,
 }
 PAPER_PRESET = {"eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0, "eps1_final": None, "normalize_grad": False}
