@@ -10,7 +10,6 @@ The networks say which layers they need (`caffe_layers()`); other layers in a fi
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from export_tools import ExportError
 from export_tools.convert.caffemodel import read_caffemodel
 
 _PREFIXES = ("module.", "G.", "model.", "net.")
-_PICKLE_MAGIC = 0x80  # first byte of a legacy (non-zip) torch.save file
+_STATE_DICT_MAGIC = (b"PK\x03\x04", b"\x80")  # starts of torch.save files: zip archive, legacy pickle
 
 
 def _caffe_key(key: str) -> tuple[str, str]:
@@ -57,8 +56,8 @@ def read_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
     if not path.is_file():
         raise ExportError(f"weights file {path} does not exist: download it first (`latent-onnx-export imagenet download`)")
     with path.open("rb") as handle:
-        first = handle.read(1)
-    if zipfile.is_zipfile(path) or first == bytes([_PICKLE_MAGIC]):
+        start = handle.read(4)
+    if start.startswith(_STATE_DICT_MAGIC):
         return read_state_dict(path)
     return read_caffemodel(path)
 

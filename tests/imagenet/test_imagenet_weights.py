@@ -84,3 +84,8 @@ def test_unreadable_weights_files_are_refused(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ExportError, match="is not a state dict"):
         read_weights(tmp_path / "list.pt")
+    torch.save({"fc7.weight": torch.zeros(64, 64)}, tmp_path / "cut.pt")
+    data = (tmp_path / "cut.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ExportError, match="cut.pt: not a readable PyTorch state dict .*download it again"):
+        read_weights(tmp_path / "cut.pt")
