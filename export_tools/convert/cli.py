@@ -44,7 +44,10 @@ def main() -> None:
               help="the sha256 you trust for FILE (needed where no digest is published); repeatable")
 @click.option("--list", "list_only", is_flag=True, help="list the files that can be downloaded, with their licences")
 def download(files: tuple[str, ...], cache: Path, pins: tuple[str, ...], list_only: bool) -> None:
-    """Download FILES (names from --list, e.g. caffenet deepsim-fc6 lrcn lrcn-vocabulary) into the cache."""
+    """Download published weights into the cache.
+
+    FILES are names from --list: caffenet, deepsim-fc6, lrcn, lrcn-vocabulary.
+    """
     if list_only or not files:
         table = Table("file", "what", "licence", "pinned digest", title=f"published files (cache: {cache})")
         for key, entry in REGISTRY.items():
@@ -87,7 +90,10 @@ def download(files: tuple[str, ...], cache: Path, pins: tuple[str, ...], list_on
 def convert(out: Path, cache: Path, generator: Path | None, classifier: Path | None, captioner: Path | None,
             vocabulary: Path | None, labels: Path | None, crop: bool, clip: bool, composite: bool, no_encoder: bool,
             name: str, max_tokens: int, overwrite: bool, width: int) -> None:
-    """Convert the weights into a bundle at OUT, validating every graph against PyTorch."""
+    """Convert the weights into a bundle at OUT.
+
+    Every graph is validated against PyTorch; nothing is left at OUT if anything fails.
+    """
     generator = _from_cache(generator, "generator", cache)
     classifier = _from_cache(classifier, "classifier", cache)
     if generator is None or classifier is None:
