@@ -128,7 +128,10 @@ class Judge:
         if not isinstance(state, dict) or state.get("kind") != "fashion-evaluator":
             raise RecipeError(f"{path} is not a fashion evaluator checkpoint; train one with train-evaluator")
         net = EvaluatorNet()
-        net.load_state_dict(state["state"])
+        try:
+            net.load_state_dict(state["state"])
+        except RuntimeError:
+            raise RecipeError(f"{path} holds another evaluator architecture; retrain it with train-evaluator") from None
         return cls(net)
 
     @torch.no_grad()
