@@ -1,0 +1,1 @@
+"""Benchmarks of latent-onnx: `python -m bench --help`."""

@@ -1,0 +1,258 @@
+"""`python -m bench`: the speed claim measured side by side in one run; writes results.{json,md,png}.
+
+The machine's bound (measured read bandwidth and float32 GEMM throughput, at the start and at the
+end; the better of the two) is always measured. Sections (all by default; pick with --sections):
+- imagenet: DeePSiM fc6 + CaffeNet with random weights of the real shapes (exported once into the
+            cache): latent path (class_grad) against composite path, per step and per image;
+- default:  the same on the shipped default bundle (onnx_models/fashion-colors), when present;
+- eager:    the same latent (and, at batch 1, composite) method in PyTorch eager against the runtime;
+- variants: faster ways to run the latent step (session options, IO binding, fused Loop, int8/fp16);
+- coldstart: process start to first image, and peak memory, of `latent-onnx generate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import onnx
+
+from bench.machine import GraphCost, MachineBounds, best_bounds, graph_cost, measure_machine
+from bench.report import write_results
+
+SECTIONS = ("imagenet", "default", "eager", "variants", "coldstart")
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = REPO / "onnx_models" / "fashion-colors"
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _first_class(pipe) -> str:
+    return "11" if len(pipe.bundle.classes) > 11 else "0"
+
+
+def time_bundle(pipe, batches, latent_steps: int, composite_steps: int, say) -> dict:
+    """Latent and composite timings of one bundle at each batch size, and their ratios."""
+    from bench.steps import time_path
+
+    classes = _first_class(pipe)
+    paths = ["latent"] + (["composite"] if pipe.bundle.has_graph("composite_class_grad") else [])
+    timings = []
+    for batch in batches:
+        for path in paths:
+            steps = latent_steps if path == "latent" else composite_steps
+            timing = time_path(pipe, classes, path, batch, steps, repeats=3 if path == "latent" else 1)
+            say(f"  {pipe.bundle.name} {path} batch {batch}: {timing.step_s * 1e3:.2f} ms/step, {timing.image_s * 1e3:.1f} ms/image")
+            timings.append(timing.to_dict())
+    ratios = []
+    for batch in batches:
+        by_path = {t["path"]: t for t in timings if t["batch"] == batch}
+        if "composite" in by_path:
+            ratios.append({"batch": batch,
+                           "step_ratio": by_path["composite"]["step_s"] / by_path["latent"]["step_s"],
+                           "image_ratio": by_path["composite"]["image_s"] / by_path["latent"]["image_s"]})
+    cost = graph_cost(onnx.load_from_string(pipe.bundle.graph_bytes("class_grad")))
+    return {"bundle": pipe.bundle.name, "latent_dim": pipe.bundle.latent_dim, "default_steps": pipe.sampler_config().steps,
+            "class": classes, "timings": timings, "ratios": ratios, "latent_cost": dataclasses.asdict(cost)}
+
+
+def apply_bounds(results: dict, bounds: MachineBounds) -> None:
+    """Add the roofline bound of the latent step and the fraction of it reached to every latent timing."""
+    for key in ("imagenet", "default"):
+        section = results.get(key, {})
+        if "timings" not in section:
+            continue
+        cost = GraphCost(**section["latent_cost"])
+        for timing in section["timings"]:
+            if timing["path"] == "latent":
+                timing["bound_s"] = bound = cost.bound_seconds(bounds, timing["batch"])
+                timing["step_fraction_of_bound"] = bound / timing["step_s"]
+                timing["graph_fraction_of_bound"] = bound / timing["graph_s"]
+    if "variants" in results:
+        cost = GraphCost(**results["variants"]["latent_cost"])
+        for batch, entry in results["variants"]["batches"].items():
+            entry["bound_s"] = bound = cost.bound_seconds(bounds, int(batch))
+            for result in entry["variants"].values():
+                if "step_s" in result:
+                    result["fraction_of_bound"] = bound / result["step_s"]
+
+
+def eager_section(pipe, width: int, batches, latent_steps: int, composite_steps: int, threads: int, runtime: dict,
+                  say) -> list[dict]:
+    """PyTorch eager against the runtime on the ImageNet-scale networks: same weights, method and thread count.
+
+    Both run on `threads` threads and on one (a loaded machine can favour one thread); the composite
+    path only at the smallest batch (its ratio is what matters, and it is slow).
+    """
+    from export_tools.export import ClassifierOnGenerator, ClassLogp
+
+    from bench.eager import eager_step_seconds
+    from bench.imagenet import build_nets
+    from bench.steps import time_path
+    from latent_onnx import Pipeline
+
+    nets = build_nets(width)
+    modules = {"latent": ClassLogp(nets.head), "composite": ClassLogp(ClassifierOnGenerator(nets.generator, nets.classifier))}
+    config = pipe.sampler_config()
+    weights_row = pipe.class_weights(runtime["class"])
+    rows = []
+    for count in sorted({threads, 1}, reverse=True):
+        counted = pipe if count == threads else Pipeline.from_bundle(pipe.bundle, device="cpu", threads=count)
+        for batch in batches:
+            for path, module in modules.items():
+                if path == "composite" and batch != batches[0]:
+                    continue
+                steps = latent_steps if path == "latent" else composite_steps
+                if count == threads:
+                    ours = next(t for t in runtime["timings"] if t["path"] == path and t["batch"] == batch)["step_s"]
+                else:
+                    ours = time_path(counted, runtime["class"], path, batch, steps, repeats=1).step_s
+                rng = np.random.default_rng(0)
+                z0 = rng.standard_normal((batch, pipe.bundle.latent_dim), dtype=np.float32)
+                if config.clip is not None:
+                    z0 = np.clip(z0, *config.clip)
+                weights = np.broadcast_to(weights_row, (batch, len(weights_row))).copy()
+                eager = eager_step_seconds(module, weights, z0, config, steps, count)
+                say(f"  {path} batch {batch}, {count} thread(s): eager {eager * 1e3:.2f} ms/step, runtime {ours * 1e3:.2f}")
+                rows.append({"path": path, "batch": batch, "threads": count, "eager_step_s": eager,
+                             "runtime_step_s": ours, "speedup": eager / ours})
+    return rows
+
+
+def variants_section(pipe, batches, steps: int, threads, say) -> dict:
+    """The latent step's variants at each batch (seconds per step, or why a variant cannot run)."""
+    from bench.variants import StepProblem, quality, time_variants
+
+    model = onnx.load_from_string(pipe.bundle.graph_bytes("class_grad"))
+    config = dataclasses.replace(pipe.sampler_config(), eps1_final=None)
+    prior_std = getattr(pipe.bundle.prior, "std", 1.0)
+    weights_row = pipe.class_weights(_first_class(pipe))
+    out = {"latent_cost": dataclasses.asdict(graph_cost(model)), "batches": {}, "quality": None}
+    for batch in batches:
+        rng = np.random.default_rng(0)
+        z0 = np.stack([pipe.bundle.init.sample(rng) for _ in range(batch)])
+        if config.clip is not None:
+            z0 = np.clip(z0, *config.clip)
+        problem = StepProblem(model, config, prior_std, z0, np.broadcast_to(weights_row, (batch, len(weights_row))).copy())
+        results = time_variants(problem, steps, threads)
+        for name, result in results.items():
+            outcome = f"{result['step_s'] * 1e3:.2f} ms/step" if "step_s" in result else f"cannot run ({result['error']})"
+            say(f"  variant {name} batch {batch}: {outcome}")
+        out["batches"][str(batch)] = {"variants": results}
+        if out["quality"] is None:
+            out["quality"] = quality(problem, steps, threads)
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--sections", default=",".join(SECTIONS), show_default=True, help="Comma-separated sections to run.")
+@click.option("--batches", default="1,8,64", show_default=True, help="Batch sizes (comma-separated).")
+@click.option("--latent-steps", type=int, default=20, show_default=True, help="Latent steps timed per measurement.")
+@click.option("--composite-steps", type=int, default=2, show_default=True, help="Composite steps timed at ImageNet scale.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Threads for ONNX Runtime and torch (default: all cores).")
+@click.option("--width", type=int, default=1, show_default=True, help="ImageNet network width divisor (1: real shapes; 16: tests).")
+@click.option("--default-bundle", type=click.Path(path_type=Path), default=DEFAULT_BUNDLE, show_default=True,
+              help="Bundle of the 'default' and 'coldstart' sections.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=REPO / "bench" / ".cache", show_default=True,
+              help="Where the ImageNet-scale graphs are exported once.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO / "bench" / "results", show_default=True)
+def main(sections, batches, latent_steps, composite_steps, threads, width, default_bundle, cache, out_dir):
+    """Benchmark latent against composite sampling, the runtime against PyTorch eager and against the machine."""
+    from latent_onnx import Pipeline
+
+    chosen = [s.strip() for s in sections.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        raise click.BadParameter(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}", param_hint="--sections")
+    try:
+        batch_sizes = [int(b) for b in batches.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"'{batches}' is not a comma-separated list of integers", param_hint="--batches") from None
+    if not batch_sizes or min(batch_sizes) < 1 or min(latent_steps, composite_steps) < 1:
+        raise click.BadParameter("batch sizes and step counts must be >= 1")
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    results = {"meta": {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores", "load_before": _load(),
+        "python": platform.python_version(), "onnxruntime": __import__("onnxruntime").__version__,
+        "numpy": np.__version__, "threads": threads, "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "sections": chosen, "batches": batch_sizes, "latent_steps": latent_steps, "composite_steps": composite_steps,
+        "width": width,
+    }}
+    threads = results["meta"]["threads"] = threads or os.cpu_count() or 1
+    imagenet_pipe = None
+    if {"imagenet", "eager", "variants"} & set(chosen):
+        from bench.imagenet import ensure_bundle
+
+        imagenet_pipe = Pipeline.from_bundle(ensure_bundle(cache, width, say), device="cpu", threads=threads)
+    working_set = graph_cost(onnx.load_from_string(imagenet_pipe.bundle.graph_bytes("class_grad"))).weight_bytes \
+        if imagenet_pipe is not None else 512 << 20
+    say("measuring the machine ...")
+    bounds = measure_machine(threads, working_set)
+    say(f"  {bounds.read_bandwidth_gbs:.1f} GB/s read ({bounds.buffer_mb:.0f} MB buffer), {bounds.matmul_gflops:.0f} GFLOP/s GEMM")
+    if "imagenet" in chosen or "eager" in chosen:
+        say("ImageNet scale: latent vs composite ...")
+        results["imagenet"] = time_bundle(imagenet_pipe, batch_sizes, latent_steps, composite_steps, say)
+    if "default" in chosen:
+        if (Path(default_bundle) / "manifest.json").is_file():
+            say(f"default bundle {default_bundle}: latent vs composite ...")
+            pipe = Pipeline.from_bundle(default_bundle, device="cpu", threads=threads)
+            results["default"] = time_bundle(pipe, batch_sizes, latent_steps * 5, latent_steps, say)
+        else:
+            results["default"] = {"skipped": f"no bundle at {default_bundle}"}
+    if "eager" in chosen:
+        say("PyTorch eager vs runtime ...")
+        results["eager"] = eager_section(imagenet_pipe, width, batch_sizes, latent_steps, composite_steps, threads,
+                                         results["imagenet"], say)
+    if "variants" in chosen:
+        say("latent step variants ...")
+        variant_batches = sorted({batch_sizes[0], batch_sizes[-1]})
+        results["variants"] = variants_section(imagenet_pipe, variant_batches, latent_steps, threads, say)
+    if "coldstart" in chosen:
+        from bench.coldstart import cold_start
+        from latent_onnx import load_bundle
+
+        if (Path(default_bundle) / "manifest.json").is_file():
+            say("cold start ...")
+            bundle = load_bundle(default_bundle)
+            classes = "0"
+            runs = [cold_start(default_bundle, classes, bundle.sampler["steps"], threads, REPO) for _ in range(3)]
+            best = min(runs, key=lambda run: run.first_image_s)
+            say(f"  first image after {best.first_image_s:.2f} s, peak RSS {best.peak_rss_mb:.0f} MiB")
+            results["coldstart"] = {**best.to_dict(), "runs": [run.to_dict() for run in runs]}
+        else:
+            results["coldstart"] = {"skipped": f"no bundle at {default_bundle}"}
+    say("measuring the machine again (the bound is the best of both) ...")
+    bounds = best_bounds(bounds, measure_machine(threads, working_set))
+    results["machine"] = dataclasses.asdict(bounds)
+    apply_bounds(results, bounds)
+    results["meta"]["load_after"] = _load()
+    files = write_results(results, out_dir)
+    for file in files:
+        say(f"wrote {file}")
+
+
+if __name__ == "__main__":
+    main()

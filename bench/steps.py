@@ -1,0 +1,68 @@
+"""Time SGLD steps through the runtime (`latent_onnx.Pipeline`), as a user's `generate` runs them.
+
+A step is what `Pipeline.generate` does per step: the gradient graph, the prior gradient, the
+per-sample noise draw and the update. It is read from the timestamps of generate's per-step
+callback (the gap between two callbacks is exactly one step), so one short run gives every step
+and nothing else (start, final evaluation, decoding) leaks in.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from latent_onnx import Pipeline
+
+
+@dataclass
+class PathTiming:
+    """One path (latent or composite) at one batch size, through the runtime."""
+
+    path: str  # "latent" (class_grad) or "composite" (composite_class_grad)
+    batch: int  # chains run together
+    steps_timed: int  # step intervals measured
+    step_s: float  # median seconds per SGLD step for the whole batch
+    graph_s: float  # best seconds of the gradient graph alone on the batch
+    decode_s: float  # best seconds of the generator on the batch
+    image_s: float  # seconds per finished image: (default steps x step_s + decode_s) / batch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def step_seconds(pipe: Pipeline, classes: str, path: str, batch: int, steps: int) -> list[float]:
+    """Seconds of each SGLD step after the first, from one generate run of `steps` + 1 steps at `batch` chains."""
+    stamps: list[float] = []
+    pipe.generate(classes=classes, path=path, n=batch, batch_size=batch, seed=0, steps=steps + 1,
+                  callback=lambda step, total, z: stamps.append(time.perf_counter()))
+    return list(np.diff(stamps))
+
+
+def best_seconds(fn, repeats: int) -> float:
+    """Best wall time of `fn()` over `repeats` calls, after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_path(pipe: Pipeline, classes: str, path: str, batch: int, steps: int, repeats: int = 3) -> PathTiming:
+    """Step, graph-only and decode time of `path` at `batch`; `steps` step intervals are timed (>= 1)."""
+    role = "class_grad" if path == "latent" else "composite_class_grad"
+    rng = np.random.default_rng(0)
+    z = np.stack([pipe.bundle.init.sample(rng) for _ in range(batch)])
+    if pipe.bundle.clip is not None:
+        z = np.clip(z, *pipe.bundle.clip)
+    weights = np.broadcast_to(pipe.class_weights(classes), (batch, len(pipe.bundle.classes))).copy()
+    runner = pipe.runner(role)
+    graph = best_seconds(lambda: runner.run(z=z, weights=weights), repeats)
+    decode = best_seconds(lambda: pipe.decode(z), max(1, repeats // 2))
+    step = statistics.median(step_seconds(pipe, classes, path, batch, steps))
+    default_steps = pipe.sampler_config().steps
+    return PathTiming(path, batch, steps, step, graph, decode, (default_steps * step + decode) / batch)

@@ -1,0 +1,92 @@
+"""Smoke tests of the benchmark on the ImageNet networks in miniature (width 1/16); no timing assertions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from bench.__main__ import main
+from bench.imagenet import ensure_bundle
+from bench.machine import graph_cost
+from bench.variants import (
+    StepProblem, fused_model, int8_block_model, int8_dynamic_model, open_session, run_fused, run_iobinding, run_plain,
+)
+from latent_onnx import Pipeline
+
+WIDTH = 16
+D, K = 4096 // WIDTH, 1000
+
+
+@pytest.fixture(scope="session")
+def bench_cache(tmp_path_factory):
+    """A cache folder holding the width-1/16 ImageNet benchmark bundle (exported once per session)."""
+    cache = tmp_path_factory.mktemp("bench-cache")
+    ensure_bundle(cache, WIDTH, say=lambda line: None)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def problem(bench_cache):
+    pipe = Pipeline.from_bundle(bench_cache / f"bench-imagenet-random-w{WIDTH}", device="cpu", threads=1)
+    model = onnx.load_from_string(pipe.bundle.graph_bytes("class_grad"))
+    config = dataclasses.replace(pipe.sampler_config(), eps1_final=None, eps1=0.5, prior_weight=0.3)
+    z0 = np.clip(np.random.default_rng(1).standard_normal((3, D), dtype=np.float32), *config.clip)
+    weights = np.zeros((3, K), np.float32)
+    weights[:, 11] = 1.0
+    return StepProblem(model, config, 1.0, z0, weights)
+
+
+def test_graph_cost_counts_each_weight_use(problem):
+    cost = graph_cost(problem.model)
+    weights = D * D + D * K  # fc7 and fc8, read in the forward and again in the backward pass
+    assert cost.weight_bytes == 2 * 4 * weights
+    assert cost.flops_per_sample == 2 * 2 * weights
+
+
+def test_fused_loop_and_io_binding_match_the_step_loop(problem):
+    noise = problem.noise(4)
+    session = open_session(problem.model, 1)
+    plain = run_plain(session, problem, noise)
+    assert np.abs(plain - problem.z0).max() > 1e-3  # the chains moved
+    np.testing.assert_allclose(run_iobinding(session, problem, noise), plain, atol=1e-5)
+    fused = run_fused(open_session(fused_model(problem.model, problem.config, problem.prior_std), 1), problem, noise)
+    np.testing.assert_allclose(fused, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("quantise", [int8_block_model, int8_dynamic_model])
+def test_int8_gradients_point_the_same_way(problem, quantise):
+    feeds = {"z": problem.z0, "weights": problem.weights}
+    _, want = open_session(problem.model, 1).run(["logp", "grad"], feeds)
+    _, got = open_session(quantise(problem.model), 1).run(["logp", "grad"], feeds)
+    cosine = np.sum(want * got, axis=1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
+    assert cosine.min() > 0.99
+
+
+def test_bench_command_writes_every_section(bench_cache, tmp_path):
+    out = tmp_path / "results"
+    bundle = bench_cache / f"bench-imagenet-random-w{WIDTH}"
+    args = ["--width", str(WIDTH), "--batches", "1,2", "--latent-steps", "2", "--composite-steps", "1", "--threads", "1",
+            "--cache", str(bench_cache), "--default-bundle", str(bundle), "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"meta", "machine", "imagenet", "default", "eager", "variants", "coldstart"}
+    ratios = results["imagenet"]["ratios"]
+    assert [r["batch"] for r in ratios] == [1, 2] and all(r["step_ratio"] > 0 for r in ratios)
+    assert {row["path"] for row in results["eager"]} == {"latent", "composite"}
+    assert results["coldstart"]["peak_rss_mb"] > 0 and results["coldstart"]["first_image_s"] <= results["coldstart"]["exit_s"]
+    assert "fused" in results["variants"]["batches"]["2"]["variants"]
+    text = (out / "results.md").read_text()
+    assert "Latent path against composite path" in text and "PyTorch eager" in text and "Cold start" in text
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_section_is_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["--sections", "imagenet,speed", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown sections ['speed']" in result.output
