@@ -12,6 +12,7 @@ the parameters as buffers, and exported with the dynamo exporter and a dynamic b
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -19,7 +20,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from export_tools import ExportError
 from export_tools.conventions import PixelConvention
 from export_tools.specs import SPECS, GraphDims, GraphSpec, LatentSampler
-from export_tools.validate import validate_graph
+from export_tools.validate import Reference, validate_graph
 
 _MAX_EMBEDDED_BYTES = 1_500_000_000  # the runtime refuses external data, so weights must fit in the file
 
@@ -170,19 +170,33 @@ class TracedGradient(nn.Module):
         return self.traced(*inputs, *(getattr(self, name) for name in self.state_names))
 
 
-def eager_reference(module: nn.Module, spec: GraphSpec) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    """PyTorch eager outputs of `module` for the spec's inputs; for gradient roles (logp, autograd grad wrt z)."""
+def eager_reference(module: nn.Module, spec: GraphSpec) -> Reference:
+    """PyTorch eager outputs of `module` for the spec's inputs (see validate.Reference).
 
-    def run(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    Gradient roles give (logp, autograd grad wrt z) in float32 and, from a float64 copy of the module,
+    in float64: the float32 rounding noise of gradients that cancel is measured, not guessed.
+    """
+    module64 = copy.deepcopy(module).double() if spec.gradient else None
+
+    def logp_and_grad(net: nn.Module, tensors: list[torch.Tensor]) -> list[np.ndarray]:
+        z = tensors[0].clone().requires_grad_(True)
+        logp = net(z, *tensors[1:])
+        (grad,) = torch.autograd.grad(logp.sum(), z)
+        return [logp.detach().numpy(), grad.numpy()]
+
+    def run(inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         tensors = [torch.from_numpy(inputs[t.name]) for t in spec.inputs]
         if not spec.gradient:
             with torch.no_grad():
                 outputs = module(*tensors)
-            return [o.numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,))]
-        z = tensors[0].clone().requires_grad_(True)
-        logp = module(z, *tensors[1:])
-        (grad,) = torch.autograd.grad(logp.sum(), z)
-        return [logp.detach().numpy(), grad.numpy()]
+            return [o.numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,))], None
+        tensors64 = [t.double() if t.is_floating_point() else t for t in tensors]
+        try:
+            exact = logp_and_grad(module64, tensors64)
+        except Exception as exc:
+            raise ExportError(f"{spec.role}: the network fails in float64 (validation measures float32 rounding "
+                              f"with a float64 copy): {type(exc).__name__}: {_first_line(exc)}") from exc
+        return logp_and_grad(module, tensors), exact
 
     return run
 

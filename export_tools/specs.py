@@ -87,8 +87,9 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]  # in the order the exported module takes them
     outputs: tuple[TensorSpec, ...]  # in the order the exported module returns them
     gradient: bool  # True: outputs are (logp, grad) and grad comes from PyTorch autograd
-    atol: float  # validation passes when max|onnx - torch| <= atol + rtol * max|torch|, per output
-    rtol: float
+    atol: float  # validation passes when max|onnx - torch| <= atol + rtol * max|torch| + noise_factor * noise,
+    rtol: float  # per output, where noise = max|torch float32 - torch float64| (gradient roles only)
+    noise_factor: float = 0.0  # > 0 for gradient roles: gradients summed with cancellation carry float32 noise
     max_changed_fraction: float = 1.0  # at most this fraction of output elements may differ at all
     opset: int = OPSET
 
@@ -117,19 +118,19 @@ SPECS: dict[str, GraphSpec] = {
         gradient=False, atol=1e-5, rtol=1e-4,
     ),
     "class_grad": GraphSpec(
-        "class_grad", (_Z, _WEIGHTS), (_LOGP, _GRAD), gradient=True, atol=1e-5, rtol=1e-4,
+        "class_grad", (_Z, _WEIGHTS), (_LOGP, _GRAD), gradient=True, atol=0.0, rtol=1e-4, noise_factor=10.0,
     ),
     "caption_grad": GraphSpec(
         "caption_grad",
         (_Z, TensorSpec("tokens", "int64", ("batch", "T"), "tokens"), TensorSpec("mask", "float32", ("batch", "T"), "mask")),
-        (_LOGP, _GRAD), gradient=True, atol=1e-5, rtol=1e-3,
+        (_LOGP, _GRAD), gradient=True, atol=0.0, rtol=1e-3, noise_factor=10.0,
     ),
     "encoder": GraphSpec(
         "encoder", (TensorSpec("image", "uint8", ("batch", "H", "W", 3), "pixels"),), (TensorSpec("z", "float32", ("batch", "D")),),
         gradient=False, atol=1e-5, rtol=1e-3,
     ),
     "composite_class_grad": GraphSpec(
-        "composite_class_grad", (_Z, _WEIGHTS), (_LOGP, _GRAD), gradient=True, atol=1e-5, rtol=1e-3,
+        "composite_class_grad", (_Z, _WEIGHTS), (_LOGP, _GRAD), gradient=True, atol=0.0, rtol=1e-3, noise_factor=10.0,
     ),
 }
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from export_tools import ExportError
-from export_tools.export import ClassLogp, eager_reference, export_classifier
+from export_tools.export import ClassLogp, eager_reference, export_class_grad, export_classifier
 from export_tools.specs import ROLES, SPECS, GraphDims
 from export_tools.validate import validate_graph
 from tiny_networks import CONVENTION, D, IMAGE_HW, K, head
@@ -99,3 +99,39 @@ def test_a_network_that_fails_on_contract_shapes_is_named(tmp_path):
     wrong_input_size = torch.nn.Linear(D + 1, K)
     with pytest.raises(ExportError, match=r"classifier: the network fails on inputs of the contract's shapes \(z \[2, 6\] float32\): RuntimeError"):
         export_classifier(wrong_input_size, DIMS, tmp_path / "classifier.onnx")
+
+
+def tiny_gradient_head(seed: int) -> torch.nn.Module:
+    """A head whose gradients are about 1e-8: far below any fixed absolute tolerance."""
+    torch.manual_seed(seed)
+    net = head()
+    with torch.no_grad():
+        net[0].weight.mul_(1e-8)
+    return net
+
+
+def test_gradient_validation_scales_with_the_gradients(tmp_path):
+    report = export_class_grad(tiny_gradient_head(0), DIMS, tmp_path / "class_grad.onnx")
+    assert report.max_diff["grad"] < 1e-12
+    wrong = eager_reference(ClassLogp(tiny_gradient_head(1)).eval(), SPECS["class_grad"])
+    with pytest.raises(ExportError, match=r"class_grad\.onnx failed validation at batch 1: output 'logp'"):
+        validate_graph(report.path, SPECS["class_grad"], DIMS, wrong)
+    perturbed = tiny_gradient_head(0)
+    with torch.no_grad():
+        perturbed[0].weight.mul_(1.01)  # gradients 1% off, logp unchanged to float32 precision
+    with pytest.raises(ExportError, match=r"output 'grad' differs from PyTorch by"):
+        validate_graph(report.path, SPECS["class_grad"], DIMS, eager_reference(ClassLogp(perturbed).eval(), SPECS["class_grad"]))
+
+
+class Float32Only(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(D, K)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z.float())
+
+
+def test_gradient_networks_must_also_run_in_float64(tmp_path):
+    with pytest.raises(ExportError, match="class_grad: the network fails in float64"):
+        export_class_grad(Float32Only(), DIMS, tmp_path / "class_grad.onnx")
