@@ -62,7 +62,7 @@ class Bundle:
     max_tokens: int | None  # T of caption_grad
     graphs: dict[str, FileRef]  # role -> file
     sampler: dict  # the bundle's default sampler settings (SAMPLER_KEYS)
-    presets: dict[str, dict]  # name -> partial sampler overrides
+    presets: dict[str, dict]  # name -> partial sampler overrides (may also set "clip": None or (lo, hi))
     provenance: dict  # free-form
     manifest_sha256: str  # sha256 of manifest.json: identifies the bundle and, through it, every file
     manifest: dict = field(repr=False)  # the raw manifest
@@ -238,7 +238,7 @@ class _ManifestReader:
         presets_obj = m.get("presets") or {}
         if not isinstance(presets_obj, dict):
             self.fail("presets", "must be an object")
-        presets = {key: self.sampler(value, f"presets.{key}", partial=True) for key, value in presets_obj.items()}
+        presets = {key: self.preset(value, f"presets.{key}") for key, value in presets_obj.items()}
         provenance = m.get("provenance") or {}
         if not isinstance(provenance, dict):
             self.fail("provenance", "must be an object")
@@ -346,16 +346,25 @@ class _ManifestReader:
             raise BundleError(f"bundle {self.root}: '{ref.file}' ({where}): {problem}")
         return GaussianMixturePrior(**arrays)
 
-    def clip(self, value) -> tuple[float, float] | None:
+    def clip(self, value, where: str = "latent.clip") -> tuple[float, float] | None:
         if value is None:
             return None
         if not isinstance(value, list) or len(value) != 2:
-            self.fail("latent.clip", "must be null or [lo, hi]")
-        lo = self.number(value[0], "latent.clip[0]", -math.inf, strict=False)
-        hi = self.number(value[1], "latent.clip[1]", -math.inf, strict=False)
+            self.fail(where, "must be null or [lo, hi]")
+        lo = self.number(value[0], f"{where}[0]", -math.inf, strict=False)
+        hi = self.number(value[1], f"{where}[1]", -math.inf, strict=False)
         if not lo < hi:
-            self.fail("latent.clip", "must have lo < hi")
+            self.fail(where, "must have lo < hi")
         return (lo, hi)
+
+    def preset(self, value, where: str) -> dict:
+        """Partial sampler settings, plus an optional "clip" (null turns the bundle's clip off)."""
+        if not isinstance(value, dict):
+            self.fail(where, "must be an object")
+        settings = self.sampler({key: item for key, item in value.items() if key != "clip"}, where, partial=True)
+        if "clip" in value:
+            settings["clip"] = self.clip(value["clip"], f"{where}.clip")
+        return settings
 
     def sampler(self, value, where: str, partial: bool) -> dict:
         required = set() if partial else {"steps", "eps1", "eps2", "prior_weight"}

@@ -112,12 +112,13 @@ class Pipeline:
     def sampler_config(self, preset: str | None = None, **overrides) -> SamplerConfig:
         """The bundle's sampler defaults, then the preset, then explicit overrides (None = keep)."""
         settings = {key: self.bundle.sampler[key] for key in SAMPLER_KEYS if key in self.bundle.sampler}
+        settings["clip"] = self.bundle.clip
         if preset is not None:
             if preset not in self.bundle.presets:
                 known = ", ".join(sorted(self.bundle.presets)) or "none"
                 raise InputError(f"unknown preset '{preset}' (this bundle's presets: {known})")
             settings.update(self.bundle.presets[preset])
-        return SamplerConfig(clip=self.bundle.clip, **settings).updated(**overrides)
+        return SamplerConfig(**settings).updated(**overrides)
 
     def class_weights(self, spec: str) -> np.ndarray:
         """Class weights float32 [K] from a class spec (see ClassIndex.weights)."""

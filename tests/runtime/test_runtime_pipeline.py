@@ -191,3 +191,15 @@ def test_bundle_clip_and_init_are_applied(tiny_bundle):
     assert result.z.min() >= -0.1 and result.z.max() <= 0.2
     start = pipe.generate(classes="sneaker", n=4, seed=0, steps=1, eps1=1e-9, eps2=0.0, prior_weight=0.0)
     np.testing.assert_allclose(start.z, 0.2)  # drawn near 5, then clipped
+
+
+def test_a_preset_can_replace_the_bundle_clip(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    manifest["latent"]["clip"] = [-0.1, 0.2]
+    manifest["presets"]["paper"]["clip"] = None
+    manifest["presets"]["wide"] = {"clip": [-3, 3]}
+    write_manifest(tiny_bundle, manifest)
+    pipe = Pipeline.from_bundle(tiny_bundle, device="cpu")
+    assert pipe.sampler_config().clip == (-0.1, 0.2)
+    assert pipe.sampler_config("paper").clip is None
+    assert pipe.sampler_config("wide").clip == (-3.0, 3.0)
