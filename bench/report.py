@@ -96,7 +96,7 @@ def markdown(results: dict) -> str:
         if v.get("quality"):
             lines += ["int8 weights against float32 (same start, same noise):", ""]
             rows = [[label, f"{q['grad_cosine_min']:.5f}", f"{q['grad_relative_error']:.2%}", f"{q['logp_abs_diff_max']:.2g}",
-                     f"{q['chain_z_diff_over_path']:.2%}", f"{q['chain_final_logp_fp32']:.4f} / {q['chain_final_logp_int8']:.4f}"]
+                     f"{q['chain_z_diff_over_path']:.2%}", f"{q['chain_final_logp_fp32']:.3g} / {q['chain_final_logp_int8']:.3g}"]
                     for label, q in v["quality"].items()]
             steps = next(iter(v["quality"].values()))["chain_steps"]
             lines += _table(["scheme", "min gradient cosine", "gradient relative error", "max abs logp difference",

@@ -6,6 +6,7 @@ Gaussian prior term, noise, clip) and is timed per step at one batch size, noise
 - `loop`: session.run per step and the update in NumPy (the runtime's loop without its checks);
 - `iobinding`: that loop with the graph's inputs and outputs bound once to preallocated buffers;
 - `fused`: every step in one graph (an ONNX Loop around the gradient graph and the update);
+- `shared-weights-graph`: each weight held once (Gemm transB instead of a folded transposed copy);
 - `fp16-graph`: half-precision weights (x86 CPUs run fp16 MatMul without native support: slower);
 - `int8block-*`, `int8dyn-*`: int8 weights, as MatMulNBits blocks or by dynamic quantisation.
 `quality` compares each int8 gradient and chain with float32 from the same start and noise.
@@ -229,6 +230,27 @@ def int8_dynamic_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.load(target)
 
 
+def shared_weights_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with MatMul(x, Transpose(W)) replaced by Gemm(x, W, transB=1): each weight held (and read) once.
+
+    ONNX Runtime folds a Transpose of a weight into a second, transposed copy, so the exported graph
+    holds every weight twice; reading one copy forwards and backwards halves the working set.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(class_grad)
+    constants = {init.name for init in model.graph.initializer}
+    transposed = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in constants}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in transposed:
+            nodes.append(helper.make_node("Gemm", [node.input[0], transposed[node.input[1]]], list(node.output), transB=1))
+        elif node.output[0] not in transposed:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 def fp16_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:
     """Half-precision weights feeding the MatMuls (float32 inputs and outputs)."""
     model = matmul_weights_model(class_grad)
@@ -251,19 +273,12 @@ def fp16_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def seconds_per_step(run, steps: int, repeats: int) -> float:
-    """Best over `repeats` of (time of `run(steps)`) / steps, after a one-step warm-up."""
-    run(1)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(steps)
-        best = min(best, (time.perf_counter() - start) / steps)
-    return best
+def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 3) -> dict[str, dict]:
+    """variant name -> {"step_s": best seconds per step, or "error": why it cannot run}; noise drawing included.
 
-
-def time_variants(problem: StepProblem, steps: int, threads: int | None, repeats: int = 2) -> dict[str, dict]:
-    """variant name -> {"step_s": seconds per step, or "error": why it cannot run}; noise drawing is included."""
+    The variants take turns (`rounds` rounds of `steps` steps each, after a one-step warm-up), so
+    a change in the machine's load falls on all of them alike.
+    """
     model = problem.model
     fp32 = open_session(model, threads)
     graph_feeds = {"z": problem.z0, "weights": problem.weights}
@@ -281,6 +296,7 @@ def time_variants(problem: StepProblem, steps: int, threads: int | None, repeats
         "loop": lambda: chain(fp32, run_plain),
         "iobinding": lambda: chain(fp32, run_iobinding),
         "fused": lambda: chain(open_session(fused_model(model, problem.config, problem.prior_std), threads), run_fused),
+        "shared-weights-graph": lambda: graph_only(open_session(shared_weights_model(model), threads)),
         "fp16-graph": lambda: graph_only(open_session(fp16_model(model), threads)),
     }
     for label, quantise in (("int8block", int8_block_model), ("int8dyn", int8_dynamic_model)):
@@ -289,15 +305,21 @@ def time_variants(problem: StepProblem, steps: int, threads: int | None, repeats
         candidates[f"{label}-loop"] = lambda q=quantised: chain(open_session(q, threads), run_plain)
         candidates[f"{label}-fused"] = lambda q=quantised: chain(
             open_session(fused_model(q, problem.config, problem.prior_std), threads), run_fused)
-    results = {}
+    results, runs = {}, {}
     for name, make in candidates.items():
         try:
-            run = make()
+            runs[name] = make()
+            runs[name](1)  # warm-up
         except Exception as error:  # ONNX Runtime refuses a graph it has no kernel for: report, keep going
+            runs.pop(name, None)
             results[name] = {"error": str(error).strip().splitlines()[0][:200]}
-            continue
-        results[name] = {"step_s": seconds_per_step(run, steps, repeats)}
-    return results
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(steps)
+            best[name] = min(best[name], (time.perf_counter() - start) / steps)
+    return {name: results[name] if name in results else {"step_s": best[name]} for name in candidates}
 
 
 def quality(problem: StepProblem, steps: int, threads: int | None) -> dict[str, dict[str, float]]:
