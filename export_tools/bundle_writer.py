@@ -131,25 +131,24 @@ def _latent_sampler(spec: BundleSpec):
 
 
 def _export_graphs(spec: BundleSpec, staging: Path, say: Callable[[str], None]) -> dict[str, GraphReport]:
-    dims, sample = _dims(spec), _latent_sampler(spec)
+    dims, sample, convention = _dims(spec), _latent_sampler(spec), spec.generator_convention
+    # role -> the network it needs (None: not in this bundle), and how to export it to a path
     jobs = {
-        "generator": lambda p: export_generator(spec.generator, spec.generator_convention, dims, p, sample),
-        "classifier": lambda p: export_classifier(spec.head, dims, p, sample),
-        "class_grad": lambda p: export_class_grad(spec.head, dims, p, sample),
-        "caption_grad": lambda p: export_caption_grad(spec.captioner, dims, p, sample),
-        "encoder": lambda p: export_encoder(spec.encoder, spec.generator_convention, dims, p, sample),
-        "composite_class_grad": lambda p: export_composite_class_grad(spec.generator, spec.image_classifier, dims, p, sample),
-    }
-    networks = {
-        "generator": spec.generator, "classifier": spec.head, "class_grad": spec.head,
-        "caption_grad": spec.captioner, "encoder": spec.encoder, "composite_class_grad": spec.image_classifier,
+        "generator": (spec.generator, lambda p: export_generator(spec.generator, convention, dims, p, sample)),
+        "classifier": (spec.head, lambda p: export_classifier(spec.head, dims, p, sample)),
+        "class_grad": (spec.head, lambda p: export_class_grad(spec.head, dims, p, sample)),
+        "caption_grad": (spec.captioner, lambda p: export_caption_grad(spec.captioner, dims, p, sample)),
+        "encoder": (spec.encoder, lambda p: export_encoder(spec.encoder, convention, dims, p, sample)),
+        "composite_class_grad": (spec.image_classifier, lambda p: export_composite_class_grad(
+            spec.generator, spec.image_classifier, dims, p, sample)),
     }
     reports = {}
     for role in ROLES:
-        if networks[role] is None:
+        network, export = jobs[role]
+        if network is None:
             continue
         say(f"exporting {role} ...")
-        report = jobs[role](staging / f"{role}.onnx")
+        report = export(staging / f"{role}.onnx")
         diffs = ", ".join(f"{name} {diff:.2g}" for name, diff in report.max_diff.items())
         say(f"{role}: validated against PyTorch, max |diff| {diffs} ({report.seconds:.1f} s)")
         reports[role] = report

@@ -13,7 +13,7 @@ from export_tools import ExportError
 from export_tools.export import ClassLogp, eager_reference, export_class_grad, export_classifier
 from export_tools.specs import ROLES, SPECS, GraphDims
 from export_tools.validate import validate_graph
-from tiny_networks import CONVENTION, D, IMAGE_HW, K, head
+from tiny_networks import D, IMAGE_HW, K, head
 
 DIMS = GraphDims(latent_dim=D, num_classes=K, image_hw=IMAGE_HW)
 
