@@ -28,7 +28,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from export_tools import ExportError
 from export_tools.conventions import PixelConvention
-from export_tools.specs import SPECS, GraphDims, GraphSpec, LatentSampler
+from export_tools.specs import IR_VERSION, SPECS, GraphDims, GraphSpec, LatentSampler
 from export_tools.validate import Reference, validate_graph
 
 _MAX_EMBEDDED_BYTES = 1_500_000_000  # the runtime refuses external data, so weights must fit in the file
@@ -248,6 +248,7 @@ def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Pa
                 input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
                 dynamic_shapes=(per_input,) if spec.gradient else per_input,  # TracedGradient takes *inputs
             )
+            program.model.ir_version = IR_VERSION  # the graphs use no IR 10 feature (4-bit types, overloads)
             program.save(tmp, external_data=False)
     except Exception as exc:  # the exporter raises many types; report one line with the role
         tmp.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import numpy as np
 from export_tools import ExportError
 
 OPSET = 18  # ONNX opset of every exported graph (onnxruntime >= 1.14 runs it)
+IR_VERSION = 9  # ONNX IR version written (the exporter's default 10 needs onnxruntime >= 1.18; pyproject allows 1.17)
 
 # Draws example latent codes: (n, rng) -> z [n, D] float32.
 LatentSampler = Callable[[int, np.random.Generator], np.ndarray]

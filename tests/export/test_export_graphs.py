@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from export_tools import ExportError
 from export_tools.export import ClassLogp, eager_reference, export_class_grad, export_classifier
-from export_tools.specs import ROLES, SPECS, GraphDims
+from export_tools.specs import IR_VERSION, OPSET, ROLES, SPECS, GraphDims
 from export_tools.validate import validate_graph
 from tiny_networks import D, IMAGE_HW, K, head
 
@@ -33,6 +34,16 @@ def test_every_role_is_exported_and_validated(tiny_bundle):
         entry = report.manifest["graphs"][role]
         assert entry["sha256"] == hashlib.sha256(graph.path.read_bytes()).hexdigest()
     assert report.manifest["provenance"]["validation"] == report.max_diff()
+
+
+def test_graphs_pass_the_onnx_checker_at_the_declared_versions(tiny_bundle):
+    _, report = tiny_bundle
+    for graph in report.graphs.values():
+        model = onnx.load(graph.path)
+        onnx.checker.check_model(model, full_check=True)
+        assert model.ir_version == IR_VERSION
+        assert [(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] == [("", OPSET)]
+        assert all(not t.external_data for t in model.graph.initializer)  # weights embedded
 
 
 def test_graphs_keep_contract_names_and_a_dynamic_batch(tiny_bundle):
