@@ -65,7 +65,7 @@ class BundleSpec:
     encoder: nn.Module | None = None  # x [B, 3, H, W] in generator_convention -> z [B, D]: encoder graph
     image_classifier: nn.Module | None = None  # x [B, 3, h, w] generator output -> logits [B, K]: composite_class_grad
     sampler: dict = field(default_factory=dict)  # overrides of DEFAULT_SAMPLER
-    presets: dict[str, dict] = field(default_factory=dict)  # preset name -> partial sampler overrides
+    presets: dict[str, dict] = field(default_factory=dict)  # preset name -> partial sampler overrides, may set "clip"
     provenance: dict = field(default_factory=dict)  # free-form; "created", "torch" and "validation" are added
 
 
@@ -171,7 +171,7 @@ def _write_files_and_manifest(spec: BundleSpec, staging: Path, reports: dict[str
     latent = {"dim": spec.latent_dim, "prior": _prior_entry(spec.prior, staging, "prior")}
     if spec.init is not None:
         latent["init"] = _prior_entry(spec.init, staging, "init")
-    latent["clip"] = [float(v) for v in spec.clip] if spec.clip else None
+    latent["clip"] = _clip_entry(spec.clip)
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "name": spec.name, "description": spec.description, "license": spec.license,
@@ -188,7 +188,10 @@ def _write_files_and_manifest(spec: BundleSpec, staging: Path, reports: dict[str
         for role, report in reports.items()
     }
     manifest["sampler"] = {**DEFAULT_SAMPLER, **spec.sampler}
-    manifest["presets"] = spec.presets
+    manifest["presets"] = {
+        name: {**values, "clip": _clip_entry(values["clip"])} if "clip" in values else dict(values)
+        for name, values in spec.presets.items()
+    }
     manifest["provenance"] = {
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **spec.provenance,
@@ -197,6 +200,10 @@ def _write_files_and_manifest(spec: BundleSpec, staging: Path, reports: dict[str
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
     return manifest
+
+
+def _clip_entry(clip: tuple[float, float] | None) -> list[float] | None:
+    return [float(v) for v in clip] if clip is not None else None
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:
@@ -228,6 +235,12 @@ def _check_sampler_values(values: dict, where: str) -> None:
             raise ExportError(f"{where}: {key}={value!r} is out of range (see docs/bundle-format.md, sampler)")
 
 
+def _check_clip(clip, where: str) -> None:
+    if clip is not None and not (isinstance(clip, (tuple, list)) and len(clip) == 2 and _is_number(clip[0])
+                                 and _is_number(clip[1]) and clip[0] < clip[1]):
+        raise ExportError(f"{where} must be None or (lo, hi) with lo < hi, got {clip!r}")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -254,9 +267,7 @@ def _check_spec(spec: BundleSpec) -> None:
             raise ExportError(f"{label} must be a GaussianPrior or GaussianMixturePrior")
         if isinstance(prior, GaussianMixturePrior) and prior.dim != spec.latent_dim:
             raise ExportError(f"{label} has dimension {prior.dim}, latent_dim is {spec.latent_dim}")
-    if spec.clip is not None and not (len(spec.clip) == 2 and _is_number(spec.clip[0]) and _is_number(spec.clip[1])
-                                      and spec.clip[0] < spec.clip[1]):
-        raise ExportError(f"clip must be None or (lo, hi) with lo < hi, got {spec.clip!r}")
+    _check_clip(spec.clip, "clip")
     if (spec.head is not None or spec.image_classifier is not None) and not spec.classes:
         raise ExportError("a head or image_classifier needs the class names (BundleSpec.classes)")
     if spec.classes:
@@ -274,7 +285,8 @@ def _check_spec(spec: BundleSpec) -> None:
     for preset, values in spec.presets.items():
         if not isinstance(preset, str) or not preset or not isinstance(values, dict):
             raise ExportError(f"preset {preset!r} must map a name to a dict of sampler overrides")
-        _check_sampler_values(values, f"preset {preset!r}")
+        _check_sampler_values({k: v for k, v in values.items() if k != "clip"}, f"preset {preset!r}")
+        _check_clip(values.get("clip"), f"preset {preset!r}: clip")
     try:
         json.dumps([spec.name, spec.description, spec.license, spec.sampler, spec.presets, spec.provenance], allow_nan=False)
     except (TypeError, ValueError) as exc:

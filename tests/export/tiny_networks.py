@@ -104,7 +104,8 @@ def tiny_spec(seed: int = 0) -> BundleSpec:
         classes=CLASSES, vocabulary=VOCABULARY, max_tokens=T,
         head=head(), captioner=Captioner(), encoder=Encoder(), image_classifier=ImageClassifier(),
         sampler={"steps": 12, "eps1": 0.05, "eps2": 1e-3},
-        presets={"paper": {"eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0}},
+        presets={"paper": {"eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0, "clip": None},
+                 "wide": {"clip": (-5.0, 5.0)}},
         provenance={"recipe": "tests/export/tiny_networks.py"},
     )
 
