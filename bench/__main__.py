@@ -7,6 +7,8 @@ end; the better of the two) is always measured. Sections (all by default; pick w
 - default:  the same on the shipped default bundle (onnx_models/fashion-colors), when present;
 - eager:    the same latent (and, at batch 1, composite) method in PyTorch eager against the runtime;
 - variants: faster ways to run the latent step (session options, IO binding, fused Loop, int8/fp16);
+- precision: the default bundle's samples with float32 and with int8 class_grad weights, judged by
+            the fashion recipe's independent evaluator (needs its checkpoint, --evaluator);
 - coldstart: process start to first image, and peak memory, of `latent-onnx generate`.
 """
 
@@ -28,7 +30,7 @@ import onnx
 from bench.machine import GraphCost, MachineBounds, best_bounds, graph_cost, measure_machine
 from bench.report import write_results
 
-SECTIONS = ("imagenet", "default", "eager", "variants", "coldstart")
+SECTIONS = ("imagenet", "default", "eager", "variants", "precision", "coldstart")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO / "onnx_models" / "fashion-colors"
 
@@ -172,10 +174,12 @@ def variants_section(pipe, batches, steps: int, threads, say) -> dict:
 @click.option("--width", type=int, default=1, show_default=True, help="ImageNet network width divisor (1: real shapes; 16: tests).")
 @click.option("--default-bundle", type=click.Path(path_type=Path), default=DEFAULT_BUNDLE, show_default=True,
               help="Bundle of the 'default' and 'coldstart' sections.")
+@click.option("--evaluator", type=click.Path(dir_okay=False, path_type=Path), default=REPO / "runs" / "evaluator.pt",
+              show_default=True, help="Fashion evaluator checkpoint for the 'precision' section.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=REPO / "bench" / ".cache", show_default=True,
               help="Where the ImageNet-scale graphs are exported once.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO / "bench" / "results", show_default=True)
-def main(sections, batches, latent_steps, composite_steps, threads, width, default_bundle, cache, out_dir):
+def main(sections, batches, latent_steps, composite_steps, threads, width, default_bundle, evaluator, cache, out_dir):
     """Benchmark latent against composite sampling, the runtime against PyTorch eager and against the machine."""
     from latent_onnx import Pipeline
 
@@ -229,6 +233,17 @@ def main(sections, batches, latent_steps, composite_steps, threads, width, defau
         say("latent step variants ...")
         variant_batches = sorted({batch_sizes[0], batch_sizes[-1]})
         results["variants"] = variants_section(imagenet_pipe, variant_batches, latent_steps, threads, say)
+    if "precision" in chosen:
+        from bench.precision import int8_sample_quality
+        from bench.variants import int8_dynamic_model
+
+        missing = [str(p) for p in (Path(default_bundle) / "manifest.json", evaluator) if not Path(p).is_file()]
+        if missing:
+            results["precision"] = {"skipped": f"missing {', '.join(missing)}"}
+        else:
+            say("int8 sample quality on the default bundle ...")
+            results["precision"] = int8_sample_quality(default_bundle, evaluator, int8_dynamic_model, 20, threads)
+            say(f"  {results['precision']}")
     if "coldstart" in chosen:
         from bench.coldstart import cold_start
         from latent_onnx import load_bundle

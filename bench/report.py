@@ -101,6 +101,16 @@ def markdown(results: dict) -> str:
             steps = next(iter(v["quality"].values()))["chain_steps"]
             lines += _table(["scheme", "min gradient cosine", "gradient relative error", "max abs logp difference",
                              f"chain difference after {steps} steps / distance travelled", "final logp float32 / int8"], rows)
+    if "precision" in results:
+        p = results["precision"]
+        lines += ["## int8 weights on the default bundle, judged by the independent evaluator", ""]
+        if "skipped" in p:
+            lines += [f"Skipped: {p['skipped']}.", ""]
+        else:
+            lines += _table(["samples", "class agreement float32", "class agreement int8", "same judged class",
+                             "mean abs pixel difference (0-255)"],
+                            [[str(p["samples"]), f"{p['class_agreement_float32']:.3f}", f"{p['class_agreement_int8']:.3f}",
+                              f"{p['same_judged_class']:.3f}", f"{p['mean_abs_pixel_difference']:.2f}"]])
     if "coldstart" in results:
         c = results["coldstart"]
         lines += ["## Cold start of `latent-onnx generate -n 1`", ""]

@@ -71,11 +71,13 @@ def test_bench_command_writes_every_section(bench_cache, tmp_path):
     out = tmp_path / "results"
     bundle = bench_cache / f"bench-imagenet-random-w{WIDTH}"
     args = ["--width", str(WIDTH), "--batches", "1,2", "--latent-steps", "2", "--composite-steps", "1", "--threads", "1",
-            "--cache", str(bench_cache), "--default-bundle", str(bundle), "--out", str(out)]
+            "--cache", str(bench_cache), "--default-bundle", str(bundle), "--evaluator", str(tmp_path / "none.pt"),
+            "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert set(results) >= {"meta", "machine", "imagenet", "default", "eager", "variants", "coldstart"}
+    assert set(results) >= {"meta", "machine", "imagenet", "default", "eager", "variants", "precision", "coldstart"}
+    assert "skipped" in results["precision"]  # no evaluator checkpoint given
     ratios = results["imagenet"]["ratios"]
     assert [r["batch"] for r in ratios] == [1, 2] and all(r["step_ratio"] > 0 for r in ratios)
     assert {row["path"] for row in results["eager"]} == {"latent", "composite"}
