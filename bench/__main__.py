@@ -54,25 +54,34 @@ def _first_class(pipe) -> str:
 
 
 def time_bundle(pipe, batches, latent_steps: int, composite_steps: int, say) -> dict:
-    """Latent and composite timings of one bundle at each batch size, and their ratios."""
+    """Latent (float32 and int8 weights) and composite timings of one bundle at each batch size, and their ratios.
+
+    The int8 latent path is the same runtime with the class_grad weights quantised (bench.precision).
+    """
+    from bench.precision import QuantisedPipeline
     from bench.steps import time_path
+    from bench.variants import int8_dynamic_model
 
     classes = _first_class(pipe)
-    paths = ["latent"] + (["composite"] if pipe.bundle.has_graph("composite_class_grad") else [])
+    int8_pipe = QuantisedPipeline(pipe.bundle, pipe.factory, int8_dynamic_model)
+    runs = [("latent", pipe, "latent"), ("latent-int8", int8_pipe, "latent")]
+    if pipe.bundle.has_graph("composite_class_grad"):
+        runs.append(("composite", pipe, "composite"))
     timings = []
     for batch in batches:
-        for path in paths:
+        for label, runner, path in runs:
             steps = latent_steps if path == "latent" else composite_steps
-            timing = time_path(pipe, classes, path, batch, steps, repeats=3 if path == "latent" else 1)
-            say(f"  {pipe.bundle.name} {path} batch {batch}: {timing.step_s * 1e3:.2f} ms/step, {timing.image_s * 1e3:.1f} ms/image")
+            timing = dataclasses.replace(time_path(runner, classes, path, batch, steps, repeats=3 if path == "latent" else 1),
+                                         path=label)
+            say(f"  {pipe.bundle.name} {label} batch {batch}: {timing.step_s * 1e3:.2f} ms/step, {timing.image_s * 1e3:.1f} ms/image")
             timings.append(timing.to_dict())
     ratios = []
     for batch in batches:
         by_path = {t["path"]: t for t in timings if t["batch"] == batch}
         if "composite" in by_path:
-            ratios.append({"batch": batch,
-                           "step_ratio": by_path["composite"]["step_s"] / by_path["latent"]["step_s"],
-                           "image_ratio": by_path["composite"]["image_s"] / by_path["latent"]["image_s"]})
+            ratios.append({"batch": batch, **{
+                f"{kind}_ratio{suffix}": by_path["composite"][f"{kind}_s"] / by_path[latent][f"{kind}_s"]
+                for kind in ("step", "image") for latent, suffix in (("latent", ""), ("latent-int8", "_int8"))}})
     cost = graph_cost(onnx.load_from_string(pipe.bundle.graph_bytes("class_grad")))
     return {"bundle": pipe.bundle.name, "latent_dim": pipe.bundle.latent_dim, "default_steps": pipe.sampler_config().steps,
             "class": classes, "timings": timings, "ratios": ratios, "latent_cost": dataclasses.asdict(cost)}
@@ -86,7 +95,7 @@ def apply_bounds(results: dict, bounds: MachineBounds) -> None:
             continue
         cost = GraphCost(**section["latent_cost"])
         for timing in section["timings"]:
-            if timing["path"] == "latent":
+            if timing["path"].startswith("latent"):  # int8: against the float32 bound
                 timing["bound_s"] = bound = cost.bound_seconds(bounds, timing["batch"])
                 timing["step_fraction_of_bound"] = bound / timing["step_s"]
                 timing["graph_fraction_of_bound"] = bound / timing["graph_s"]
@@ -211,8 +220,12 @@ def main(sections, batches, latent_steps, composite_steps, threads, width, defau
         from bench.imagenet import ensure_bundle
 
         imagenet_pipe = Pipeline.from_bundle(ensure_bundle(cache, width, say), device="cpu", threads=threads)
-    working_set = graph_cost(onnx.load_from_string(imagenet_pipe.bundle.graph_bytes("class_grad"))).weight_bytes \
-        if imagenet_pipe is not None else 512 << 20
+    default_pipe = None
+    if {"default", "coldstart", "precision"} & set(chosen) and (Path(default_bundle) / "manifest.json").is_file():
+        default_pipe = Pipeline.from_bundle(default_bundle, device="cpu", threads=threads)
+    measured = imagenet_pipe or default_pipe  # the bound is measured over the weights of its latent step
+    working_set = graph_cost(onnx.load_from_string(measured.bundle.graph_bytes("class_grad"))).weight_bytes \
+        if measured is not None else 512 << 20
     say("measuring the machine ...")
     bounds = measure_machine(threads, working_set)
     say(f"  {bounds.read_bandwidth_gbs:.1f} GB/s read ({bounds.buffer_mb:.0f} MB buffer), {bounds.matmul_gflops:.0f} GFLOP/s GEMM")
@@ -220,10 +233,9 @@ def main(sections, batches, latent_steps, composite_steps, threads, width, defau
         say("ImageNet scale: latent vs composite ...")
         results["imagenet"] = time_bundle(imagenet_pipe, batch_sizes, latent_steps, composite_steps, say)
     if "default" in chosen:
-        if (Path(default_bundle) / "manifest.json").is_file():
+        if default_pipe is not None:
             say(f"default bundle {default_bundle}: latent vs composite ...")
-            pipe = Pipeline.from_bundle(default_bundle, device="cpu", threads=threads)
-            results["default"] = time_bundle(pipe, batch_sizes, latent_steps * 5, latent_steps, say)
+            results["default"] = time_bundle(default_pipe, batch_sizes, latent_steps * 5, latent_steps, say)
         else:
             results["default"] = {"skipped": f"no bundle at {default_bundle}"}
     if "eager" in chosen:

@@ -34,24 +34,27 @@ def _bundle_tables(title: str, section: dict) -> list[str]:
     ratios = {r["batch"]: r for r in section["ratios"]}
     rows = []
     for batch in batches:
-        latent, composite = by[("latent", batch)], by.get(("composite", batch))
+        latent, quantised, composite = by[("latent", batch)], by[("latent-int8", batch)], by.get(("composite", batch))
         ratio = ratios.get(batch)
-        rows.append([str(batch), _ms(latent["step_s"]), _ms(composite["step_s"]) if composite else "-",
-                     f"**{ratio['step_ratio']:.0f}x**" if ratio else "-", _ms(latent["image_s"]),
-                     _ms(composite["image_s"]) if composite else "-", f"**{ratio['image_ratio']:.0f}x**" if ratio else "-"])
-    lines += _table(["batch", "latent ms/step", "composite ms/step", "step ratio", "latent ms/image",
-                     "composite ms/image", "image ratio"], rows)
+        rows.append([str(batch), _ms(latent["step_s"]), _ms(quantised["step_s"]), _ms(composite["step_s"]) if composite else "-",
+                     f"**{ratio['step_ratio']:.0f}x** / {ratio['step_ratio_int8']:.0f}x" if ratio else "-",
+                     _ms(latent["image_s"]), _ms(quantised["image_s"]), _ms(composite["image_s"]) if composite else "-",
+                     f"**{ratio['image_ratio']:.0f}x** / {ratio['image_ratio_int8']:.0f}x" if ratio else "-"])
+    lines += _table(["batch", "latent ms/step", "latent int8 ms/step", "composite ms/step", "step ratio (float32 / int8)",
+                     "latent ms/image", "latent int8 ms/image", "composite ms/image", "image ratio (float32 / int8)"], rows)
     rows = []
     for batch in batches:
-        t = by[("latent", batch)]
-        if "bound_s" in t:
-            rows.append([str(batch), _ms(t["step_s"]), _ms(t["graph_s"]), _ms(t["bound_s"]),
-                         _pct(t["step_fraction_of_bound"]), _pct(t["graph_fraction_of_bound"])])
+        for label in ("latent", "latent-int8"):
+            t = by[(label, batch)]
+            if "bound_s" in t:
+                rows.append([str(batch), label, _ms(t["step_s"]), _ms(t["graph_s"]), _ms(t["bound_s"]),
+                             _pct(t["step_fraction_of_bound"]), _pct(t["graph_fraction_of_bound"])])
     if rows:
         cost = section["latent_cost"]
         lines += [f"Latent step against the machine (class_grad reads {cost['weight_bytes'] / 1e6:.1f} MB of weights and does "
                   f"{cost['flops_per_sample'] / 1e6:.1f} MFLOP per sample per step):", ""]
-        lines += _table(["batch", "step ms", "graph only ms", "bound ms", "step % of bound", "graph % of bound"], rows)
+        lines += _table(["batch", "path", "step ms", "graph only ms", "bound ms (float32)", "step % of bound",
+                         "graph % of bound"], rows)
     return lines
 
 
@@ -63,8 +66,8 @@ def markdown(results: dict) -> str:
     if "machine" in results:
         m = results["machine"]
         lines += [f"Machine bound ({m['threads']} threads, best of a measurement at the start and one at the end): "
-                  f"read bandwidth **{m['read_bandwidth_gbs']:.1f} GB/s** (a {m['buffer_mb']:.0f} MB buffer, the size of the "
-                  f"latent step's weights, read again and again), float32 GEMM **{m['matmul_gflops']:.0f} GFLOP/s**.", ""]
+                  f"read bandwidth **{m['read_bandwidth_gbs']:.1f} GB/s** (a {m['buffer_mb']:.1f} MB buffer, the size of the "
+                  f"first bundle's latent-step weights, read again and again), float32 GEMM **{m['matmul_gflops']:.0f} GFLOP/s**.", ""]
     lines += ["## Latent path against composite path", ""]
     if "imagenet" in results:
         lines += _bundle_tables("ImageNet scale (DeePSiM fc6 + CaffeNet, random weights)", results["imagenet"])
@@ -138,7 +141,7 @@ def plot(results: dict, png: Path) -> bool:
     for axis, key in zip(axes[0], panels):
         timings = results[key]["timings"]
         batches = sorted({t["batch"] for t in timings})
-        paths = sorted({t["path"] for t in timings}, key=["latent", "composite"].index)
+        paths = sorted({t["path"] for t in timings}, key=["latent", "latent-int8", "composite"].index)
         width = 0.8 / len(paths)
         for i, path in enumerate(paths):
             values = [next((t["step_s"] * 1e3 for t in timings if t["path"] == path and t["batch"] == b), 0) for b in batches]
