@@ -83,7 +83,7 @@ def time_bundle(pipe, batches, latent_steps: int, composite_steps: int, say) -> 
                 f"{kind}_ratio{suffix}": by_path["composite"][f"{kind}_s"] / by_path[latent][f"{kind}_s"]
                 for kind in ("step", "image") for latent, suffix in (("latent", ""), ("latent-int8", "_int8"))}})
     cost = graph_cost(onnx.load_from_string(pipe.bundle.graph_bytes("class_grad")))
-    return {"bundle": pipe.bundle.name, "latent_dim": pipe.bundle.latent_dim, "default_steps": pipe.sampler_config().steps,
+    return {"bundle": pipe.bundle.name, "provider": pipe.runner("class_grad").provider, "latent_dim": pipe.bundle.latent_dim, "default_steps": pipe.sampler_config().steps,
             "class": classes, "timings": timings, "ratios": ratios, "latent_cost": dataclasses.asdict(cost)}
 
 
@@ -91,8 +91,8 @@ def apply_bounds(results: dict, bounds: MachineBounds) -> None:
     """Add the roofline bound of the latent step and the fraction of it reached to every latent timing."""
     for key in ("imagenet", "default"):
         section = results.get(key, {})
-        if "timings" not in section:
-            continue
+        if "timings" not in section or section["provider"] != "CPUExecutionProvider":
+            continue  # the bound is the CPU's
         cost = GraphCost(**section["latent_cost"])
         for timing in section["timings"]:
             if timing["path"].startswith("latent"):  # int8: against the float32 bound
@@ -128,7 +128,7 @@ def eager_section(pipe, width: int, batches, latent_steps: int, composite_steps:
     weights_row = pipe.class_weights(classes)
     rows = []
     for count in sorted({threads, 1}, reverse=True):
-        counted = pipe if count == threads else Pipeline.from_bundle(pipe.bundle, device="cpu", threads=count)
+        counted = Pipeline.from_bundle(pipe.bundle, device="cpu", threads=count)  # eager runs on the CPU too
         for batch in batches:
             for path, module in modules.items():
                 if path == "composite" and batch != batches[0]:
@@ -180,6 +180,8 @@ def variants_section(pipe, batches, steps: int, threads, say) -> dict:
 @click.option("--latent-steps", type=int, default=20, show_default=True, help="Latent steps timed per measurement.")
 @click.option("--composite-steps", type=int, default=2, show_default=True, help="Composite steps timed at ImageNet scale.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Threads for ONNX Runtime and torch (default: all cores).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="Device of the latent/composite sections (eager, variants, precision and cold start stay on the CPU).")
 @click.option("--width", type=int, default=1, show_default=True, help="ImageNet network width divisor (1: real shapes; 16: tests).")
 @click.option("--default-bundle", type=click.Path(path_type=Path), default=DEFAULT_BUNDLE, show_default=True,
               help="Bundle of the 'default' and 'coldstart' sections.")
@@ -188,7 +190,7 @@ def variants_section(pipe, batches, steps: int, threads, say) -> dict:
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=REPO / "bench" / ".cache", show_default=True,
               help="Where the ImageNet-scale graphs are exported once.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO / "bench" / "results", show_default=True)
-def main(sections, batches, latent_steps, composite_steps, threads, width, default_bundle, evaluator, cache, out_dir):
+def main(sections, batches, latent_steps, composite_steps, threads, device, width, default_bundle, evaluator, cache, out_dir):
     """Benchmark latent against composite sampling, the runtime against PyTorch eager and against the machine."""
     from latent_onnx import Pipeline
 
@@ -212,17 +214,17 @@ def main(sections, batches, latent_steps, composite_steps, threads, width, defau
         "python": platform.python_version(), "onnxruntime": __import__("onnxruntime").__version__,
         "numpy": np.__version__, "threads": threads, "command": " ".join(["python -m bench", *sys.argv[1:]]),
         "sections": chosen, "batches": batch_sizes, "latent_steps": latent_steps, "composite_steps": composite_steps,
-        "width": width,
+        "width": width, "device": device,
     }}
     threads = results["meta"]["threads"] = threads or os.cpu_count() or 1
     imagenet_pipe = None
     if {"imagenet", "eager", "variants"} & set(chosen):
         from bench.imagenet import ensure_bundle
 
-        imagenet_pipe = Pipeline.from_bundle(ensure_bundle(cache, width, say), device="cpu", threads=threads)
+        imagenet_pipe = Pipeline.from_bundle(ensure_bundle(cache, width, say), device=device, threads=threads)
     default_pipe = None
     if {"default", "coldstart", "precision"} & set(chosen) and (Path(default_bundle) / "manifest.json").is_file():
-        default_pipe = Pipeline.from_bundle(default_bundle, device="cpu", threads=threads)
+        default_pipe = Pipeline.from_bundle(default_bundle, device=device, threads=threads)
     measured = imagenet_pipe or default_pipe  # the bound is measured over the weights of its latent step
     working_set = graph_cost(onnx.load_from_string(measured.bundle.graph_bytes("class_grad"))).weight_bytes \
         if measured is not None else 512 << 20

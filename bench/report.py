@@ -28,7 +28,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _bundle_tables(title: str, section: dict) -> list[str]:
     if "skipped" in section:
         return [f"### {title}", "", f"Skipped: {section['skipped']}.", ""]
-    lines = [f"### {title}: `{section['bundle']}` (D = {section['latent_dim']}, {section['default_steps']} steps per image)", ""]
+    lines = [f"### {title}: `{section['bundle']}` (D = {section['latent_dim']}, {section['default_steps']} steps per image, "
+             f"{section['provider']}; int8 on the CPU)", ""]
     by = {(t["path"], t["batch"]): t for t in section["timings"]}
     batches = sorted({t["batch"] for t in section["timings"]})
     ratios = {r["batch"]: r for r in section["ratios"]}
