@@ -35,7 +35,9 @@ PPGN_SAMPLER = {
     "steps": 200, "eps1": 1.0, "eps1_final": None, "eps2": 0.0, "prior_weight": 0.0,
     "condition_scale": 1.0, "normalize_grad": True,
 }
-PAPER_PRESET = {"eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0, "eps1_final": None, "normalize_grad": False}
+PAPER_PRESET = {
+    "eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0, "eps1_final": None, "normalize_grad": False, "clip": None,
+}
 LICENSE = (
     "converted on the user's machine from published weights; not redistributable: DeePSiM generator research "
     "use only (Dosovitskiy & Brox); CaffeNet BVLC unrestricted; LRCN per its release terms"

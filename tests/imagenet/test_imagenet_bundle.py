@@ -94,7 +94,7 @@ def test_manifest_has_the_paper_preset_clip_classes_and_vocabulary(reference):
     _, files, bundle = reference
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["presets"]["paper"] == {"eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0, "eps1_final": None,
-                                            "normalize_grad": False}
+                                            "normalize_grad": False, "clip": None}  # the paper did not clip
     assert manifest["sampler"]["normalize_grad"] is True and manifest["sampler"]["eps1"] == 1.0  # PPGN's step
     assert manifest["latent"]["clip"] == [0.0, 30.0] and manifest["latent"]["prior"]["std"] == 1.0
     assert manifest["image"]["height"] == 256
