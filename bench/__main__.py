@@ -164,7 +164,7 @@ def variants_section(pipe, batches, steps: int, threads, say) -> dict:
         if config.clip is not None:
             z0 = np.clip(z0, *config.clip)
         problem = StepProblem(model, config, prior_std, z0, np.broadcast_to(weights_row, (batch, len(weights_row))).copy())
-        results = time_variants(problem, steps, threads)
+        results = time_variants(problem, max(1, steps // 2), threads)
         for name, result in results.items():
             outcome = f"{result['step_s'] * 1e3:.2f} ms/step" if "step_s" in result else f"cannot run ({result['error']})"
             say(f"  variant {name} batch {batch}: {outcome}")

@@ -273,7 +273,7 @@ def fp16_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 3) -> dict[str, dict]:
+def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 5) -> dict[str, dict]:
     """variant name -> {"step_s": best seconds per step, or "error": why it cannot run}; noise drawing included.
 
     The variants take turns (`rounds` rounds of `steps` steps each, after a one-step warm-up), so
