@@ -82,8 +82,8 @@ def time_bundle(pipe, batches, latent_steps: int, composite_steps: int, say) -> 
                 f"{kind}_ratio{suffix}": by_path["composite"][f"{kind}_s"] / by_path[latent][f"{kind}_s"]
                 for kind in ("step", "image") for latent, suffix in (("latent", ""), ("latent-int8", "_int8"))}})
     cost = graph_cost(onnx.load_from_string(pipe.bundle.graph_bytes("class_grad")))
-    return {"bundle": pipe.bundle.name, "provider": pipe.runner("class_grad").provider, "latent_dim": pipe.bundle.latent_dim, "default_steps": pipe.sampler_config().steps,
-            "class": classes, "timings": timings, "ratios": ratios, "latent_cost": dataclasses.asdict(cost)}
+    return {"bundle": pipe.bundle.name, "provider": pipe.runner("class_grad").provider, "latent_dim": pipe.bundle.latent_dim,
+            "default_steps": pipe.sampler_config().steps, "class": classes, "timings": timings, "ratios": ratios, "latent_cost": dataclasses.asdict(cost)}
 
 
 def apply_bounds(results: dict, bounds: MachineBounds) -> None:
@@ -181,15 +181,19 @@ def variants_section(pipe, batches, steps: int, threads, say) -> dict:
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Threads for ONNX Runtime and torch (default: all cores).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="Device of the latent/composite sections (eager, variants, precision and cold start stay on the CPU).")
-@click.option("--width", type=int, default=1, show_default=True, help="ImageNet network width divisor (1: real shapes; 16: tests).")
+@click.option("--width", type=click.Choice(["1", "2", "4", "8", "16"]), default="1", show_default=True,
+              callback=lambda context, parameter, value: int(value),
+              help="ImageNet network width divisor (1: real shapes; 16: tests).")
 @click.option("--default-bundle", type=click.Path(path_type=Path), default=DEFAULT_BUNDLE, show_default=True,
               help="Bundle of the 'default' and 'coldstart' sections.")
 @click.option("--evaluator", type=click.Path(dir_okay=False, path_type=Path), default=REPO / "runs" / "evaluator.pt",
               show_default=True, help="Fashion evaluator checkpoint for the 'precision' section.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=REPO / "bench" / ".cache", show_default=True,
               help="Where the ImageNet-scale graphs are exported once.")
+@click.option("--re-export", is_flag=True, help="Export the ImageNet-scale bundle again (after the networks or exporter changed).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO / "bench" / "results", show_default=True)
-def main(sections, batches, latent_steps, composite_steps, threads, device, width, default_bundle, evaluator, cache, out_dir):
+def main(sections, batches, latent_steps, composite_steps, threads, device, width, default_bundle, evaluator, cache,
+         re_export, out_dir):
     """Benchmark latent against composite sampling, the runtime against PyTorch eager and against the machine."""
     from latent_onnx import Pipeline
 
@@ -220,7 +224,8 @@ def main(sections, batches, latent_steps, composite_steps, threads, device, widt
     if {"imagenet", "eager", "variants"} & set(chosen):
         from bench.imagenet import ensure_bundle
 
-        imagenet_pipe = Pipeline.from_bundle(ensure_bundle(cache, width, say), device=device, threads=threads)
+        bundle = ensure_bundle(cache, width, say, refresh=re_export)
+        imagenet_pipe = Pipeline.from_bundle(bundle, device=device, threads=threads)
     default_pipe = None
     if {"default", "coldstart", "precision"} & set(chosen) and (Path(default_bundle) / "manifest.json").is_file():
         default_pipe = Pipeline.from_bundle(default_bundle, device=device, threads=threads)

@@ -46,10 +46,10 @@ def bundle_dir(cache: Path, width: int) -> Path:
     return Path(cache) / f"{BUNDLE_NAME}-w{width}"
 
 
-def ensure_bundle(cache: Path, width: int = 1, say: Callable[[str], None] = print) -> Path:
-    """The cached bundle for `width`, exported (and validated) first when it is not there yet."""
+def ensure_bundle(cache: Path, width: int = 1, say: Callable[[str], None] = print, refresh: bool = False) -> Path:
+    """The cached bundle for `width`, exported (and validated) first when it is not there yet or `refresh` is set."""
     out = bundle_dir(cache, width)
-    if (out / "manifest.json").is_file():
+    if (out / "manifest.json").is_file() and not refresh:
         return out
     from export_tools.bundle_writer import BundleSpec, write_bundle
     from export_tools.convert.imagenet_bundle import PAPER_PRESET, PPGN_CLIP, PPGN_SAMPLER
