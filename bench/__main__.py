@@ -195,6 +195,19 @@ def variants_section(pipe, batches, steps: int, threads, say) -> dict:
 def main(sections, batches, latent_steps, composite_steps, threads, device, width, default_bundle, evaluator, cache,
          re_export, out_dir):
     """Benchmark latent against composite sampling, the runtime against PyTorch eager and against the machine."""
+    from latent_onnx import LatentOnnxError
+
+    try:
+        run(sections, batches, latent_steps, composite_steps, threads, device, width, default_bundle, evaluator, cache,
+            re_export, out_dir)
+    except (LatentOnnxError, RuntimeError) as error:  # export, bundle, device and cold-start failures: one line
+        raise click.ClickException(" ".join(str(error).split())) from None
+
+
+def run(sections, batches, latent_steps, composite_steps, threads, device, width, default_bundle, evaluator, cache,
+        re_export, out_dir):
+    """The benchmark run behind `main` (same arguments)."""
+    from export_tools import require_torch
     from latent_onnx import Pipeline
 
     chosen = [s.strip() for s in sections.split(",") if s.strip()]
@@ -207,6 +220,8 @@ def main(sections, batches, latent_steps, composite_steps, threads, device, widt
         raise click.BadParameter(f"'{batches}' is not a comma-separated list of integers", param_hint="--batches") from None
     if not batch_sizes or min(batch_sizes) < 1 or min(latent_steps, composite_steps) < 1:
         raise click.BadParameter("batch sizes and step counts must be >= 1")
+    if {"imagenet", "eager", "variants", "precision"} & set(chosen):
+        require_torch()  # the ImageNet-scale networks, PyTorch eager and the evaluator need the export extra
 
     def say(line: str) -> None:
         click.echo(line, err=True)
