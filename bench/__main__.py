@@ -299,6 +299,8 @@ def run(sections, batches, latent_steps, composite_steps, threads, device, width
     files = write_results(results, out_dir)
     for file in files:
         say(f"wrote {file}")
+    if not any(file.suffix == ".png" for file in files):
+        say("no results.png: nothing to plot, or matplotlib is missing (pip install matplotlib)")
 
 
 if __name__ == "__main__":

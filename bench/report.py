@@ -128,8 +128,14 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, png: Path) -> bool:
-    """Bar charts: ms per step by path and batch (log scale), and % of bound by variant. False without data."""
-    import matplotlib
+    """Bar charts: ms per step by path and batch (log scale), and % of bound by variant.
+
+    False (nothing written) without data to plot or without matplotlib (the `bench` extra).
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
