@@ -22,10 +22,12 @@ class Whitening(nn.Module):
         self.register_buffer("chol_inv", torch.eye(dim))  # L^-1
 
     def set(self, codes: torch.Tensor, ridge: float = 1e-5) -> None:
-        """Fit to raw codes [N, D] float32 so that whiten(codes) has zero mean and identity covariance."""
+        """Fit to raw codes [N, D] float32 so that whiten(codes) has zero mean and identity covariance
+        (up to `ridge` times the mean variance, added to the diagonal for a safe Cholesky)."""
         codes = codes.double()
         mean = codes.mean(0)
-        cov = torch.cov(codes.T) + ridge * torch.eye(codes.shape[1], dtype=torch.float64)
+        cov = torch.cov(codes.T)
+        cov = cov + ridge * cov.diagonal().mean() * torch.eye(codes.shape[1], dtype=torch.float64)
         chol = torch.linalg.cholesky(cov)
         self.mean.copy_(mean.float())
         self.chol.copy_(chol.float())

@@ -200,6 +200,36 @@ class EvaluationPlan:
     seed: int = 0  # generation seed (sample i of a request uses rng [seed, i])
     batch_size: int = 100  # chains run together
     rows: tuple[str, ...] = ("real", "latent", "captions", "composite")  # which rows to measure
+    init: str = "bundle"  # "bundle": the runtime's own z_0; "condition-weighted": see condition_weighted_init
+
+
+INITS = ("bundle", "condition-weighted")
+
+
+def condition_weighted_init(pipe, request: dict, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Starting codes float32 [count, D] drawn from the bundle's mixture prior, each component m chosen
+    with probability proportional to weight_m * p(condition | mean_m) ** condition_scale.
+
+    A prototype of the start the runtime needs for multi-modal priors: SGLD chains that start in a
+    component of another class rarely cross to the requested one within a few hundred steps.
+    `request` holds "classes" or "caption" and optionally "condition_scale" (default: the bundle's).
+    """
+    prior = pipe.bundle.prior
+    means = prior.means.astype(np.float32)
+    rows = len(means)
+    if request.get("caption") is not None:
+        tokens, mask = pipe.caption_tokens(request["caption"])
+        logp = pipe.runner("caption_grad").run(z=means, tokens=np.tile(tokens, (rows, 1)),
+                                               mask=np.tile(mask, (rows, 1)))["logp"]
+    else:
+        weights = np.tile(pipe.class_weights(request["classes"]), (rows, 1))
+        logp = pipe.runner("class_grad").run(z=means, weights=weights)["logp"]
+    scale = request.get("condition_scale") or pipe.bundle.sampler.get("condition_scale", 1.0)
+    logits = np.log(prior.weights) + scale * logp.astype(np.float64)
+    chance = np.exp(logits - logits.max())
+    components = rng.choice(rows, size=count, p=chance / chance.sum())
+    noise = rng.standard_normal((count, means.shape[1]))
+    return (prior.means[components] + np.einsum("nij,nj->ni", prior.scale_tril[components], noise)).astype(np.float32)
 
 
 def evaluate_bundle(bundle, judge: Judge, plan: EvaluationPlan, sampler: dict, data_dir: Path = DATA_DIR,
@@ -227,8 +257,14 @@ def evaluate_bundle(bundle, judge: Judge, plan: EvaluationPlan, sampler: dict, d
 
     def generate(requests: list[dict], count: int, path: str) -> tuple[np.ndarray, float]:
         started = time.time()
-        images = [pipe.generate(n=count, seed=plan.seed, batch_size=plan.batch_size, path=path, **request,
-                                **sampler).pixels for request in requests]
+        images = []
+        for number, request in enumerate(requests):
+            init_z = None
+            if plan.init == "condition-weighted":
+                rng = np.random.default_rng([plan.seed, number])
+                init_z = condition_weighted_init(pipe, {**request, **sampler}, count, rng)
+            images.append(pipe.generate(n=count, seed=plan.seed, batch_size=plan.batch_size, path=path,
+                                        init_z=init_z, **request, **sampler).pixels)
         return np.concatenate(images), time.time() - started
 
     class_requests = [{"classes": name} for name in CLASS_NAMES]

@@ -23,7 +23,7 @@ from latent_onnx import Pipeline
 from latent_onnx.images import make_grid, save_png
 
 from export_tools import ExportError
-from export_tools.recipes.evaluator import EvaluationPlan, EvaluatorConfig, Judge, evaluate_bundle, train_evaluator
+from export_tools.recipes.evaluator import INITS, EvaluationPlan, EvaluatorConfig, Judge, evaluate_bundle, train_evaluator
 from export_tools.recipes.fashion_bundle import write_fashion_bundle
 from export_tools.recipes.fashion_data import CLASS_NAMES, DATA_DIR
 from export_tools.recipes.fashion_train import Trainer, TrainConfig
@@ -116,16 +116,19 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
               help="comma-separated subset of real,latent,captions,composite")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="sampler override, e.g. --set eps1=0.02 --set condition_scale=2 (repeatable)")
+@click.option("--init", type=click.Choice(INITS), default="bundle", show_default=True,
+              help="chain start: the runtime's own, or drawn from prior components weighted by the condition")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="also write the figures here as JSON")
 def evaluate(bundle: Path, evaluator: Path, data_dir: Path, per_class: int, per_caption: int,
-             composite_per_class: int, seed: int, rows: str, overrides: tuple[str, ...], json_path: Path | None) -> None:
+             composite_per_class: int, seed: int, rows: str, overrides: tuple[str, ...], init: str,
+             json_path: Path | None) -> None:
     """Score a bundle's samples (made by the runtime) and real test images with the independent evaluator."""
     chosen = tuple(row.strip() for row in rows.split(",") if row.strip())
     unknown = set(chosen) - set(EvaluationPlan.rows)
     if unknown:
         raise click.BadParameter(f"unknown rows {sorted(unknown)}", param_hint="--rows")
     plan = EvaluationPlan(per_class=per_class, per_caption=per_caption, composite_per_class=composite_per_class,
-                          seed=seed, rows=chosen)
+                          seed=seed, rows=chosen, init=init)
     sampler = parse_overrides(overrides)
     figures = evaluate_bundle(str(bundle), Judge.load(evaluator), plan, sampler, data_dir,
                               log=lambda line: click.echo(line))
