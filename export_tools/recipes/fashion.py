@@ -23,7 +23,8 @@ from latent_onnx import Pipeline
 from latent_onnx.images import make_grid, save_png
 
 from export_tools import ExportError
-from export_tools.recipes.evaluator import INITS, EvaluationPlan, EvaluatorConfig, Judge, evaluate_bundle, train_evaluator
+from export_tools.recipes.evaluator import (INITS, EvaluationPlan, EvaluatorConfig, Judge, condition_weighted_init,
+                                            evaluate_bundle, train_evaluator)
 from export_tools.recipes.fashion_bundle import write_fashion_bundle
 from export_tools.recipes.fashion_data import CLASS_NAMES, DATA_DIR
 from export_tools.recipes.fashion_train import Trainer, TrainConfig
@@ -148,17 +149,24 @@ README_CAPTIONS = ["a red sneaker", "a pair of blue trousers", "an orange bag", 
 @click.option("--columns", type=click.IntRange(1, 32), default=10, show_default=True, help="samples per row")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--scale", type=click.IntRange(1, 8), default=3, show_default=True, help="nearest-neighbour upscaling")
-def readme_pictures(bundle: Path, out: Path, columns: int, seed: int, scale: int) -> None:
+@click.option("--init", type=click.Choice(INITS), default="bundle", show_default=True,
+              help="chain start: the runtime's own, or drawn from prior components weighted by the condition")
+def readme_pictures(bundle: Path, out: Path, columns: int, seed: int, scale: int, init: str) -> None:
     """classes.png (one row per class) and captions.png (one row per caption), made by the runtime."""
     pipe = Pipeline.from_bundle(str(bundle))
     for name, requests in (("classes", [{"classes": c} for c in CLASS_NAMES]),
                            ("captions", [{"caption": c} for c in README_CAPTIONS])):
-        pixels = np.concatenate([pipe.generate(n=columns, seed=seed, batch_size=columns, **request).pixels
-                                 for request in requests])
+        pixels = []
+        for number, request in enumerate(requests):
+            init_z = None
+            if init == "condition-weighted":
+                init_z = condition_weighted_init(pipe, request, columns, np.random.default_rng([seed, number]))
+            pixels.append(pipe.generate(n=columns, seed=seed, batch_size=columns, init_z=init_z, **request).pixels)
+        pixels = np.concatenate(pixels)
         grid = make_grid(pixels, columns=columns)
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
         rows = "; ".join(next(iter(request.values())) for request in requests)
-        save_png(grid, out / f"{name}.png", {"latent-onnx": f"bundle {bundle}, seed {seed}, rows: {rows}"})
+        save_png(grid, out / f"{name}.png", {"latent-onnx": f"bundle {bundle}, seed {seed}, init {init}, rows: {rows}"})
         click.echo(f"wrote {out / name}.png")
 
 
