@@ -129,6 +129,7 @@ class Trainer:
         self.progress = Progress()
         self.prior: GaussianMixturePrior | None = None  # over whitened codes; component = class * colours + colour
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.pending_optimizer_states: dict[str, dict] = {}  # from the checkpoint, applied when a stage starts
 
     @property
     def checkpoint_path(self) -> Path:
@@ -171,9 +172,8 @@ class Trainer:
         """Adam for one stage, restored from the checkpoint when resuming mid-stage."""
         if name not in self.optimizers:
             opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
-            pending = getattr(self, "pending_optimizer_states", {})
-            if name in pending:
-                opt.load_state_dict(pending[name])
+            if name in self.pending_optimizer_states:
+                opt.load_state_dict(self.pending_optimizer_states[name])
             self.optimizers[name] = opt
         return self.optimizers[name]
 
