@@ -39,7 +39,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 # Sampler defaults written when a BundleSpec leaves a key out (see latent_onnx.SamplerConfig).
 DEFAULT_SAMPLER = {
     "steps": 200, "eps1": 0.01, "eps2": 1e-4, "prior_weight": 1.0,
-    "condition_scale": 1.0, "eps1_final": None, "normalize_grad": False,
+    "condition_scale": 1.0, "eps1_final": None, "normalize_grad": False, "start": "init",
 }
 
 
@@ -229,6 +229,7 @@ def _check_sampler_values(values: dict, where: str) -> None:
         "condition_scale": lambda v: _is_number(v) and v > 0,
         "eps1_final": lambda v: v is None or (_is_number(v) and v > 0),
         "normalize_grad": lambda v: isinstance(v, bool),
+        "start": lambda v: v in ("init", "conditioned"),
     }
     for key, value in values.items():
         if not rules[key](value):

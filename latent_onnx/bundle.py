@@ -20,13 +20,14 @@ import numpy as np
 from .errors import BundleError
 from .onnx_scan import MalformedModel, uses_external_data
 from .priors import GaussianMixturePrior, GaussianPrior, check_mixture_arrays
+from .sampler import STARTS
 
 FORMAT = "latent-onnx-bundle"
 FORMAT_VERSION = 1
 DEFAULT_BUNDLE = "fashion-colors"
 BUNDLE_ENV = "LATENT_ONNX_BUNDLE"
 ROLES = ("generator", "classifier", "class_grad", "caption_grad", "encoder", "composite_class_grad")
-SAMPLER_KEYS = ("steps", "eps1", "eps2", "prior_weight", "condition_scale", "eps1_final", "normalize_grad")
+SAMPLER_KEYS = ("steps", "eps1", "eps2", "prior_weight", "condition_scale", "eps1_final", "normalize_grad", "start")
 _NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 _SHA_PATTERN = re.compile(r"[0-9a-f]{64}\Z")
 _TOP_KEYS = {
@@ -379,4 +380,6 @@ class _ManifestReader:
             settings["eps1_final"] = self.number(value["eps1_final"], f"{where}.eps1_final", 0.0, strict=True)
         if "normalize_grad" in value and not isinstance(value["normalize_grad"], bool):
             self.fail(f"{where}.normalize_grad", "must be true or false")
+        if "start" in value and value["start"] not in STARTS:
+            self.fail(f"{where}.start", f"must be one of {', '.join(STARTS)}")
         return settings

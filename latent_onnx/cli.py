@@ -25,6 +25,7 @@ from .conditioning import ClassIndex
 from .errors import InputError, LatentOnnxError, OutputError
 from .images import PNG_TEXT_KEY, check_new_files, check_output_dir, make_grid, save_gif, save_png
 from .pipeline import PATHS, Pipeline
+from .sampler import STARTS
 from .sessions import DEVICES
 
 TRAJECTORY_FRAMES = 60  # about this many frames (at most 2 more) in a --save-trajectory GIF
@@ -82,7 +83,8 @@ def _reproduce_command(bundle_arg: str | None, result, index: int) -> str:
     if o.preset:
         words += ["--preset", o.preset]
     words += ["--seed", str(o.seed), "--start-index", str(index), "-n", "1", "--steps", str(c.steps),
-              "--eps1", repr(c.eps1), "--eps2", repr(c.eps2), "--prior-weight", repr(c.prior_weight), "--path", o.path]
+              "--eps1", repr(c.eps1), "--eps2", repr(c.eps2), "--prior-weight", repr(c.prior_weight),
+              "--condition-scale", repr(c.condition_scale), "--start", c.start, "--path", o.path]
     return shlex.join(words)
 
 
@@ -115,6 +117,8 @@ def _upscaled(images: np.ndarray) -> list[Image.Image]:
 @click.option("--eps1", type=float, default=None, help="Step size on the gradient (default: the bundle's).")
 @click.option("--eps2", type=float, default=None, help="Noise variance per step (default: the bundle's).")
 @click.option("--prior-weight", type=float, default=None, help="Weight of the prior gradient (default: the bundle's).")
+@click.option("--condition-scale", type=float, default=None, help="Weight of the class/caption gradient (default: the bundle's).")
+@click.option("--start", type=click.Choice(STARTS), default=None, help="Chain start: the bundle's init, or prior components weighted by the condition (default: the bundle's).")
 @click.option("--preset", default=None, help="A named sampler preset of the bundle (e.g. paper).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Chains run together.")
 @click.option("--path", "path", type=click.Choice(PATHS), default="latent", show_default=True, help="Sample through the latent MLP or the composite graph.")
@@ -127,7 +131,7 @@ def _upscaled(images: np.ndarray) -> list[Image.Image]:
 @click.option("--save-trajectory", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.gif", help="Write an animated GIF of the first chain.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the files and parameters.")
-def generate(classes, caption, n, seed, start_index, steps, eps1, eps2, prior_weight, preset, batch_size, path,
+def generate(classes, caption, n, seed, start_index, steps, eps1, eps2, prior_weight, condition_scale, start, preset, batch_size, path,
              init_image, bundle, device, threads, out_dir, grid, save_trajectory, overwrite, as_json):
     """Generate images of a class (or mix of classes) or of a caption."""
     if (classes is None) == (caption is None):
@@ -160,7 +164,9 @@ def generate(classes, caption, n, seed, start_index, steps, eps1, eps2, prior_we
     pipe = Pipeline.from_bundle(bundle, device=device, threads=threads)
     console = Console(stderr=True)
     show_progress = not as_json and console.is_terminal
-    config = pipe.sampler_config(preset, steps=steps, eps1=eps1, eps2=eps2, prior_weight=prior_weight)
+    sampler_overrides = dict(steps=steps, eps1=eps1, eps2=eps2, prior_weight=prior_weight,
+                             condition_scale=condition_scale, start=start)
+    config = pipe.sampler_config(preset, **sampler_overrides)
     frame_every = -(-config.steps // TRAJECTORY_FRAMES)
     frames: list[np.ndarray] = []
 
@@ -176,7 +182,7 @@ def generate(classes, caption, n, seed, start_index, steps, eps1, eps2, prior_we
 
         result = pipe.generate(
             classes=classes, caption=caption, n=n, seed=seed, start_index=start_index, batch_size=batch_size,
-            preset=preset, steps=steps, eps1=eps1, eps2=eps2, prior_weight=prior_weight, path=path,
+            preset=preset, **sampler_overrides, path=path,
             init_image=init, callback=on_step,
         )
 

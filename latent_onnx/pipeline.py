@@ -19,6 +19,7 @@ from .bundle import SAMPLER_KEYS, Bundle, load_bundle
 from .conditioning import ClassIndex, GradientTarget, caption_tokens
 from .errors import InputError
 from .images import to_pixels
+from .priors import GaussianMixturePrior
 from .sampler import SamplerConfig, SGLDSampler
 from .sessions import GraphRunner, SessionFactory
 
@@ -47,6 +48,7 @@ class GenerateOptions:
     condition_scale: float | None = None
     eps1_final: float | None = None
     normalize_grad: bool | None = None
+    start: str | None = None  # "init" or "conditioned" (see SamplerConfig.start)
     init_image: Image.Image | None = None  # start every chain at encoder(init_image) instead of the prior
     path: str = "latent"  # "latent": the MLP gradient graph; "composite": the gradient through G then the classifier
     callback: StepCallback | None = None  # called after every step
@@ -118,7 +120,11 @@ class Pipeline:
                 known = ", ".join(sorted(self.bundle.presets)) or "none"
                 raise InputError(f"unknown preset '{preset}' (this bundle's presets: {known})")
             settings.update(self.bundle.presets[preset])
-        return SamplerConfig(**settings).updated(**overrides)
+        config = SamplerConfig(**settings).updated(**overrides)
+        if config.start == "conditioned" and not isinstance(self.bundle.prior, GaussianMixturePrior):
+            raise InputError(f"start 'conditioned' needs a gaussian mixture prior; bundle '{self.bundle.name}' has "
+                             f"a {self.bundle.prior.describe()}: use start 'init'")
+        return config
 
     def class_weights(self, spec: str) -> np.ndarray:
         """Class weights float32 [K] from a class spec (see ClassIndex.weights)."""
@@ -180,6 +186,11 @@ class Pipeline:
             pixels = to_pixels(options.init_image, *self.bundle.image_hw)[None]
             init_z = np.repeat(self.encode(pixels), n, axis=0)
 
+        component_probs = None
+        if init_z is None and config.start == "conditioned":
+            component_logp, _ = target(self.bundle.prior.means.astype(np.float32))
+            component_probs = self.bundle.prior.conditioned_probs(component_logp, config.condition_scale)
+
         sampler = SGLDSampler(config)
         batches = [range(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
         total = config.steps * len(batches)
@@ -188,6 +199,8 @@ class Pipeline:
             rngs = [np.random.default_rng([seed, start + row]) for row in rows]
             if init_z is not None:
                 z = init_z[rows.start : rows.stop].copy()
+            elif component_probs is not None:
+                z = np.stack([self.bundle.prior.sample(rng, component_probs) for rng in rngs])
             else:
                 z = np.stack([self.bundle.init.sample(rng) for rng in rngs])
             for step in range(config.steps):

@@ -53,9 +53,10 @@ class GaussianMixturePrior:
     def dim(self) -> int:
         return self.means.shape[1]
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One draw, float32 [D]: pick a component, then mean + L @ normal."""
-        component = rng.choice(len(self.weights), p=self.weights)
+    def sample(self, rng: np.random.Generator, component_probs: np.ndarray | None = None) -> np.ndarray:
+        """One draw, float32 [D]: pick a component (by `component_probs` [M] if given, else the weights),
+        then mean + L @ normal."""
+        component = rng.choice(len(self.weights), p=self.weights if component_probs is None else component_probs)
         noise = rng.standard_normal(self.dim)
         return (self.means[component] + self.scale_tril[component] @ noise).astype(np.float32)
 
@@ -68,6 +69,13 @@ class GaussianMixturePrior:
         resp = np.exp(log_resp)
         resp /= resp.sum(axis=0, keepdims=True)
         return (-np.sum(pulled * resp[:, None, :], axis=0).T).astype(np.float32)
+
+    def conditioned_probs(self, log_likelihood: np.ndarray, scale: float) -> np.ndarray:
+        """Component probabilities float64 [M] prop. to weight_m * exp(scale * log_likelihood[m])."""
+        with np.errstate(divide="ignore"):
+            logits = np.log(self.weights) + scale * log_likelihood.astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        return probs / probs.sum()
 
     def describe(self) -> str:
         return f"gaussian mixture ({len(self.weights)} components)"

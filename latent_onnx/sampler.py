@@ -13,6 +13,7 @@ import numpy as np
 from .errors import InputError
 
 MAX_STEPS = 1_000_000
+STARTS = ("init", "conditioned")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class SamplerConfig:
     eps1_final: float | None = None  # None: constant eps1; else eps1 decays linearly to this over the run
     normalize_grad: bool = False  # PPGN: divide each sample's conditional gradient by its mean |value|
     clip: tuple[float, float] | None = None  # None, or (lo, hi): z clipped to this range after every step
+    # "init": z_0 from latent.init (else the prior); "conditioned": z_0 from the mixture prior with each
+    # component m drawn with probability prop. to weight_m * p(condition | mean_m) ** condition_scale
+    start: str = "init"
 
     def __post_init__(self):
         steps = self.steps
@@ -40,6 +44,8 @@ class SamplerConfig:
             _check_number("eps1_final", self.eps1_final, strict=True)
         if not isinstance(self.normalize_grad, (bool, np.bool_)):
             raise InputError(f"normalize_grad must be true or false, not {self.normalize_grad!r}")
+        if self.start not in STARTS:
+            raise InputError(f"start must be one of {', '.join(STARTS)}, not {self.start!r}")
         if self.clip is not None:
             try:
                 lo, hi = (float(bound) for bound in self.clip)

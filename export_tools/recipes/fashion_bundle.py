@@ -11,14 +11,16 @@ from export_tools.recipes.fashion_data import MAX_TOKENS, class_file_lines
 from export_tools.recipes.fashion_train import load_checkpoint, trained_networks
 
 # Sampler defaults chosen with `evaluate` (see docs/fashion-bundle.md for the measurements):
-# true Langevin (eps2 = 2 eps1) on the mixture prior, with the class / caption term sharpened 3x.
+# true Langevin (eps2 = 2 eps1) on the mixture prior, with the class / caption term sharpened 3x,
+# chains started in the prior components the condition favours (a chain started in a component of
+# another class rarely crosses to the requested one within a few hundred steps).
 SAMPLER_DEFAULTS = {
     "steps": 200, "eps1": 0.003, "eps2": 0.006, "prior_weight": 1.0,
-    "condition_scale": 3.0, "eps1_final": None, "normalize_grad": False,
+    "condition_scale": 3.0, "eps1_final": None, "normalize_grad": False, "start": "conditioned",
 }
 PRESETS = {
-    # the paper's CaffeNet settings: tiny steps, almost no noise, no prior term
-    "paper": {"eps1": 0.001, "eps2": 1e-8, "prior_weight": 0.0},
+    # the paper's CaffeNet settings: tiny steps, almost no noise, no prior term, start from the prior
+    "paper": {"eps1": 0.001, "eps2": 1e-8, "prior_weight": 0.0, "start": "init"},
 }
 
 

@@ -66,6 +66,7 @@ def test_a_directory_without_manifest_is_refused(tmp_path):
         (lambda m: m["sampler"].update(eps1=-1), "'sampler.eps1'"),
         (lambda m: m["sampler"].update(steps=1.5), "'sampler.steps'"),
         (lambda m: m["sampler"].update(temperature=1), "'sampler.temperature'"),
+        (lambda m: m["sampler"].update(start="middle"), "'sampler.start'"),
         (lambda m: m["presets"].update(fast={"eps2": "big"}), "'presets.fast.eps2'"),
         (lambda m: m["presets"].update(fast={"clip": [2, 1]}), "'presets.fast.clip'"),
         (lambda m: m.pop("classes"), "'classes'"),

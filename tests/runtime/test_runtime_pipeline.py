@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from runtime_bundles import D, H, K, T, W, write_manifest
+from runtime_bundles import D, H, K, T, W, sha256_file, write_manifest
 from PIL import Image
 
 from latent_onnx import GenerateOptions, InputError, Pipeline, SamplerConfig, SGLDSampler
@@ -203,3 +203,40 @@ def test_a_preset_can_replace_the_bundle_clip(tiny_bundle):
     assert pipe.sampler_config().clip == (-0.1, 0.2)
     assert pipe.sampler_config("paper").clip is None
     assert pipe.sampler_config("wide").clip == (-3.0, 3.0)
+
+
+def _with_mixture_prior(bundle_dir, means: np.ndarray, spread: float) -> None:
+    arrays = {"weights": np.full(len(means), 1 / len(means)), "means": means,
+              "scale_tril": np.stack([spread * np.eye(D)] * len(means))}
+    np.savez(bundle_dir / "prior.npz", **arrays)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["latent"]["prior"] = {"kind": "gaussian_mixture", "file": "prior.npz",
+                                   "sha256": sha256_file(bundle_dir / "prior.npz"), "components": len(means)}
+    write_manifest(bundle_dir, manifest)
+
+
+def test_a_conditioned_start_draws_components_by_their_likelihood(tiny_bundle):
+    means = np.random.default_rng(1).normal(0, 2, (4, D))
+    _with_mixture_prior(tiny_bundle, means, spread=1e-3)
+    pipe = Pipeline.from_bundle(tiny_bundle, device="cpu")
+    weights = np.tile(pipe.class_weights("sandal"), (4, 1))
+    logp = pipe.runner("class_grad").run(z=means.astype(np.float32), weights=weights)["logp"].astype(np.float64)
+    expected = np.exp(2.0 * logp) / np.exp(2.0 * logp).sum()  # equal weights, condition_scale 2
+
+    n = 400
+    start = pipe.generate(classes="sandal", n=n, seed=0, steps=1, eps1=1e-9, eps2=0.0, prior_weight=0.0,
+                          condition_scale=2.0, start="conditioned")
+    nearest = np.argmin(((start.z[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_allclose(np.bincount(nearest, minlength=4) / n, expected, atol=0.07)
+    assert start.config.start == "conditioned"
+    unconditioned = pipe.generate(classes="sandal", n=n, seed=0, steps=1, eps1=1e-9, eps2=0.0, prior_weight=0.0,
+                                  start="init")
+    nearest = np.argmin(((unconditioned.z[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_allclose(np.bincount(nearest, minlength=4) / n, 0.25, atol=0.07)
+
+
+def test_a_conditioned_start_needs_a_mixture_prior(tiny_pipeline):
+    with pytest.raises(InputError, match="start 'conditioned' needs a gaussian mixture prior"):
+        tiny_pipeline.generate(classes="sneaker", n=1, seed=0, start="conditioned")
+    with pytest.raises(InputError, match="start must be one of init, conditioned"):
+        tiny_pipeline.generate(classes="sneaker", n=1, seed=0, start="anywhere")
