@@ -28,8 +28,11 @@ def check_output_dir(directory: Path) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise OutputError(f"cannot write to {directory}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {directory}: {probe} is not writable; choose another --out folder")
+    try:  # a real write: permission bits say nothing for root, or on read-only and virtual file systems
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError:
+        raise OutputError(f"cannot write to {directory}: {probe} is not writable; choose another --out folder") from None
 
 
 def check_new_files(paths: list[Path], overwrite: bool) -> None:

@@ -108,6 +108,7 @@ BAD_INPUTS = [
     (["--class", "sneaker", "--caption", "a red sneaker"], "exactly one of --class or --caption", None),
     (["--class", "sneaker", "--device", "cuda"], "no CUDA provider", None),
     (["--class", "sneaker", "--out", "afile/sub"], "afile is not a folder", None),
+    (["--class", "sneaker", "--out", "/proc/latent-onnx-out"], "/proc is not writable", None),  # even for root
     (["--class", "sneaker", "--preset", "turbo"], "unknown preset 'turbo'", None),
     (["--class", "sneaker"], "does not match its sha256", "tampered"),
     (["--class", "sneaker"], "does not match its sha256", "truncated"),
