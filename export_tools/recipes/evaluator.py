@@ -200,54 +200,21 @@ class EvaluationPlan:
     seed: int = 0  # generation seed (sample i of a request uses rng [seed, i])
     batch_size: int = 100  # chains run together
     rows: tuple[str, ...] = ("real", "latent", "captions", "composite")  # which rows to measure
-    init: str = "bundle"  # "bundle": the runtime's own z_0; "condition-weighted": see condition_weighted_init
 
 
-INITS = ("bundle", "condition-weighted")
-
-
-def condition_weighted_init(pipe, request: dict, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Starting codes float32 [count, D] drawn from the bundle's mixture prior, each component m chosen
-    with probability proportional to weight_m * p(condition | mean_m) ** condition_scale.
-
-    A prototype of the start the runtime needs for multi-modal priors: SGLD chains that start in a
-    component of another class rarely cross to the requested one within a few hundred steps.
-    `request` holds "classes" or "caption" and optionally "condition_scale" (default: the bundle's).
-    """
-    prior = pipe.bundle.prior
-    means = prior.means.astype(np.float32)
-    rows = len(means)
-    if request.get("caption") is not None:
-        tokens, mask = pipe.caption_tokens(request["caption"])
-        logp = pipe.runner("caption_grad").run(z=means, tokens=np.tile(tokens, (rows, 1)),
-                                               mask=np.tile(mask, (rows, 1)))["logp"]
-    else:
-        weights = np.tile(pipe.class_weights(request["classes"]), (rows, 1))
-        logp = pipe.runner("class_grad").run(z=means, weights=weights)["logp"]
-    scale = request.get("condition_scale") or pipe.bundle.sampler.get("condition_scale", 1.0)
-    logits = np.log(prior.weights) + scale * logp.astype(np.float64)
-    chance = np.exp(logits - logits.max())
-    components = rng.choice(rows, size=count, p=chance / chance.sum())
-    noise = rng.standard_normal((count, means.shape[1]))
-    return (prior.means[components] + np.einsum("nij,nj->ni", prior.scale_tril[components], noise)).astype(np.float32)
-
-
-def evaluate_bundle(bundle, judge: Judge, plan: EvaluationPlan, sampler: dict, data_dir: Path = DATA_DIR,
+def evaluate_bundle(pipe, judge: Judge, plan: EvaluationPlan, sampler: dict, data_dir: Path = DATA_DIR,
                     log=print) -> dict[str, dict]:
-    """Score samples of a bundle made through the runtime (latent_onnx.Pipeline) against real test images.
+    """Score samples made by the runtime (`pipe`, a latent_onnx.Pipeline) against real test images.
 
     Returns row name -> Scores fields plus "seconds" (generation wall time); `sampler` holds
-    overrides of the bundle's sampler defaults (SamplerConfig field -> value).
+    overrides of the bundle's sampler defaults (SamplerConfig field -> value, e.g. start="init").
     """
-    from latent_onnx import Pipeline  # the runtime, exactly as users get it
-
     test = load_split("test", data_dir)
     real_index = np.concatenate([np.flatnonzero(test.labels == label)[: plan.per_class]
                                  for label in range(len(CLASS_NAMES))])
     held_out = np.setdiff1d(np.arange(len(test.labels)), real_index)
     reference = judge.judge(test.images[held_out])
     reference_classes = test.labels[held_out]
-    pipe = Pipeline.from_bundle(bundle)
     rows: dict[str, dict] = {}
 
     def record(name: str, images, classes, colours, seconds: float) -> None:
@@ -258,13 +225,9 @@ def evaluate_bundle(bundle, judge: Judge, plan: EvaluationPlan, sampler: dict, d
     def generate(requests: list[dict], count: int, path: str) -> tuple[np.ndarray, float]:
         started = time.time()
         images = []
-        for number, request in enumerate(requests):
-            init_z = None
-            if plan.init == "condition-weighted":
-                rng = np.random.default_rng([plan.seed, number])
-                init_z = condition_weighted_init(pipe, {**request, **sampler}, count, rng)
+        for request in requests:
             images.append(pipe.generate(n=count, seed=plan.seed, batch_size=plan.batch_size, path=path,
-                                        init_z=init_z, **request, **sampler).pixels)
+                                        **request, **sampler).pixels)
         return np.concatenate(images), time.time() - started
 
     class_requests = [{"classes": name} for name in CLASS_NAMES]

@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latent_onnx import Pipeline
+from latent_onnx import LatentOnnxError, Pipeline
 from latent_onnx.images import make_grid, save_png
 
 from export_tools import ExportError
-from export_tools.recipes.evaluator import (INITS, EvaluationPlan, EvaluatorConfig, Judge, condition_weighted_init,
-                                            evaluate_bundle, train_evaluator)
+from export_tools.recipes.evaluator import EvaluationPlan, EvaluatorConfig, Judge, evaluate_bundle, train_evaluator
 from export_tools.recipes.fashion_bundle import write_fashion_bundle
 from export_tools.recipes.fashion_data import CLASS_NAMES, DATA_DIR
 from export_tools.recipes.fashion_train import Trainer, TrainConfig
@@ -90,17 +89,21 @@ def export(run_dir: Path, out: Path, overwrite: bool, threads: int) -> None:
 
 
 def parse_overrides(pairs: tuple[str, ...]) -> dict:
-    """("eps1=0.02", "eps1_final=none", "normalize_grad=true") -> sampler overrides for the runtime."""
+    """("eps1=0.02", "eps1_final=none", "normalize_grad=true", "start=init") -> sampler overrides for the
+    runtime: numbers, true/false, none, else the text itself (the runtime checks every value)."""
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise click.BadParameter(f"'{pair}' is not KEY=VALUE", param_hint="--set")
-        try:
-            overrides[key.strip()] = json.loads(value.lower() if value.lower() in ("true", "false", "null") else
-                                                "null" if value.lower() == "none" else value)
-        except json.JSONDecodeError:
-            raise click.BadParameter(f"'{value}' is not a number, true/false or none", param_hint="--set") from None
+        word = value.strip().lower()
+        if word in ("true", "false", "none", "null"):
+            overrides[key.strip()] = {"true": True, "false": False}.get(word)
+        else:
+            try:
+                overrides[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                overrides[key.strip()] = value.strip()
     return overrides
 
 
@@ -116,12 +119,11 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
 @click.option("--rows", default=",".join(EvaluationPlan.rows), show_default=True,
               help="comma-separated subset of real,latent,captions,composite")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="sampler override, e.g. --set eps1=0.02 --set condition_scale=2 (repeatable)")
-@click.option("--init", type=click.Choice(INITS), default="bundle", show_default=True,
-              help="chain start: the runtime's own, or drawn from prior components weighted by the condition")
+              help="sampler override of the bundle's defaults, e.g. --set start=init --set condition_scale=2 "
+                   "(repeatable)")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="also write the figures here as JSON")
 def evaluate(bundle: Path, evaluator: Path, data_dir: Path, per_class: int, per_caption: int,
-             composite_per_class: int, seed: int, rows: str, overrides: tuple[str, ...], init: str,
+             composite_per_class: int, seed: int, rows: str, overrides: tuple[str, ...],
              json_path: Path | None) -> None:
     """Score a bundle's samples (made by the runtime) and real test images with the independent evaluator."""
     chosen = tuple(row.strip() for row in rows.split(",") if row.strip())
@@ -129,13 +131,17 @@ def evaluate(bundle: Path, evaluator: Path, data_dir: Path, per_class: int, per_
     if unknown:
         raise click.BadParameter(f"unknown rows {sorted(unknown)}", param_hint="--rows")
     plan = EvaluationPlan(per_class=per_class, per_caption=per_caption, composite_per_class=composite_per_class,
-                          seed=seed, rows=chosen, init=init)
+                          seed=seed, rows=chosen)
     sampler = parse_overrides(overrides)
-    figures = evaluate_bundle(str(bundle), Judge.load(evaluator), plan, sampler, data_dir,
-                              log=lambda line: click.echo(line))
+    pipe = Pipeline.from_bundle(str(bundle))
+    config = pipe.sampler_config(**sampler)  # bad overrides fail here, before any sampling
+    click.echo(f"sampler: {config.to_dict()}")
+    figures = evaluate_bundle(pipe, Judge.load(evaluator), plan, sampler, data_dir, log=lambda line: click.echo(line))
     if json_path is not None:
-        json_path.write_text(json.dumps({"sampler_overrides": sampler, "plan": dataclasses.asdict(plan),
-                                         "rows": figures}, indent=2) + "\n")
+        temp = json_path.with_name(json_path.name + ".tmp")
+        temp.write_text(json.dumps({"bundle": str(bundle), "sampler_overrides": sampler, "sampler": config.to_dict(),
+                                    "plan": dataclasses.asdict(plan), "rows": figures}, indent=2) + "\n")
+        temp.replace(json_path)
 
 
 README_CAPTIONS = ["a red sneaker", "a pair of blue trousers", "an orange bag", "a yellow dress",
@@ -149,32 +155,26 @@ README_CAPTIONS = ["a red sneaker", "a pair of blue trousers", "an orange bag", 
 @click.option("--columns", type=click.IntRange(1, 32), default=10, show_default=True, help="samples per row")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--scale", type=click.IntRange(1, 8), default=3, show_default=True, help="nearest-neighbour upscaling")
-@click.option("--init", type=click.Choice(INITS), default="bundle", show_default=True,
-              help="chain start: the runtime's own, or drawn from prior components weighted by the condition")
-def readme_pictures(bundle: Path, out: Path, columns: int, seed: int, scale: int, init: str) -> None:
-    """classes.png (one row per class) and captions.png (one row per caption), made by the runtime."""
+def readme_pictures(bundle: Path, out: Path, columns: int, seed: int, scale: int) -> None:
+    """classes.png (one row per class) and captions.png (one row per caption), made by the runtime with the
+    bundle's sampler defaults."""
     pipe = Pipeline.from_bundle(str(bundle))
     for name, requests in (("classes", [{"classes": c} for c in CLASS_NAMES]),
                            ("captions", [{"caption": c} for c in README_CAPTIONS])):
-        pixels = []
-        for number, request in enumerate(requests):
-            init_z = None
-            if init == "condition-weighted":
-                init_z = condition_weighted_init(pipe, request, columns, np.random.default_rng([seed, number]))
-            pixels.append(pipe.generate(n=columns, seed=seed, batch_size=columns, init_z=init_z, **request).pixels)
-        pixels = np.concatenate(pixels)
+        pixels = np.concatenate([pipe.generate(n=columns, seed=seed, batch_size=columns, **request).pixels
+                                 for request in requests])
         grid = make_grid(pixels, columns=columns)
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
         rows = "; ".join(next(iter(request.values())) for request in requests)
-        save_png(grid, out / f"{name}.png", {"latent-onnx": f"bundle {bundle}, seed {seed}, init {init}, rows: {rows}"})
+        save_png(grid, out / f"{name}.png", {"latent-onnx": f"bundle {bundle}, seed {seed}, sampler defaults, rows: {rows}"})
         click.echo(f"wrote {out / name}.png")
 
 
 def run() -> None:
-    """Entry point: run the click group and turn export errors into one line and an exit code."""
+    """Entry point: run the click group and turn export and runtime errors into one line and an exit code."""
     try:
         main(standalone_mode=False)
-    except ExportError as error:
+    except (ExportError, LatentOnnxError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
     except click.exceptions.Abort:

@@ -3,6 +3,7 @@ import torch
 
 from export_tools.recipes.evaluator import (EvaluatorNet, Judge, frechet_distance, mean_pairwise_distance,
                                             random_shift, score)
+from export_tools.recipes.fashion import parse_overrides
 
 
 def test_mean_pairwise_distance_of_known_points():
@@ -34,3 +35,8 @@ def test_score_counts_agreement_per_request():
     assert abs(scores.frechet) < 1e-6 and scores.count == 6
     wrong = score(judge, images, (seen.classes + 1) % 10, None, seen, seen.classes)
     assert wrong.class_agreement == 0.0 and wrong.colour_agreement is None
+
+
+def test_sampler_overrides_keep_numbers_flags_none_and_words():
+    overrides = parse_overrides(("eps1=0.02", "steps=1", "normalize_grad=true", "eps1_final=none", "start=init"))
+    assert overrides == {"eps1": 0.02, "steps": 1, "normalize_grad": True, "eps1_final": None, "start": "init"}

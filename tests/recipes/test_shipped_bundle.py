@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from export_tools.recipes.evaluator import condition_weighted_init
 from export_tools.recipes.fashion_bundle import SAMPLER_DEFAULTS
 from export_tools.recipes.fashion_data import CLASS_NAMES, COLOUR_NAMES, PALETTE
 from latent_onnx import Pipeline
@@ -17,6 +16,7 @@ def pipe():
 def test_default_bundle_is_fashion_colors_with_tuned_defaults(pipe):
     assert pipe.bundle.name == "fashion-colors"
     assert {key: pipe.bundle.sampler[key] for key in SAMPLER_DEFAULTS} == SAMPLER_DEFAULTS
+    assert pipe.sampler_config().start == "conditioned" and pipe.sampler_config("paper").start == "init"
     assert set(pipe.bundle.graphs) == {"generator", "classifier", "class_grad", "caption_grad", "encoder",
                                        "composite_class_grad"}
 
@@ -36,18 +36,14 @@ def test_default_generate_runs_on_the_shipped_bundle(pipe):
 
 
 def test_class_samples_are_that_class_for_the_bundle_classifier(pipe):
-    request = {"classes": "ankle boot"}
-    init_z = condition_weighted_init(pipe, request, 8, np.random.default_rng(0))
-    result = pipe.generate(n=8, seed=1, batch_size=8, init_z=init_z, **request)
+    result = pipe.generate(classes="ankle boot", n=8, seed=1, batch_size=8)
     logits = pipe.runner("classifier").run(z=result.z)["logits"]
     assert (logits.argmax(1) == CLASS_NAMES.index("ankle boot")).mean() >= 0.75
 
 
 @pytest.mark.parametrize("colour", ["red", "blue", "green"])
 def test_caption_colour_shows_in_the_pixels(pipe, colour):
-    request = {"caption": f"a {colour} sneaker"}
-    init_z = condition_weighted_init(pipe, request, 4, np.random.default_rng(0))
-    pixels = pipe.generate(n=4, seed=2, batch_size=4, init_z=init_z, **request).pixels.astype(float)
+    pixels = pipe.generate(caption=f"a {colour} sneaker", n=4, seed=2, batch_size=4).pixels.astype(float)
     bright = pixels.sum(-1) > 120  # the item, not the black background
     mean_rgb = pixels[bright].mean(0)
     target = np.array(PALETTE[colour], dtype=float)
