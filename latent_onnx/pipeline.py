@@ -26,6 +26,7 @@ from .sessions import GraphRunner, SessionFactory
 PATHS = ("latent", "composite")
 MAX_SAMPLES = 100_000
 MAX_BATCH = 4096
+NOISE_CHUNK = 16  # steps of noise drawn at once per chain (fewer NumPy calls; the same numbers)
 
 StepCallback = Callable[[int, int, np.ndarray], None]  # (step done 1..total, total, z [b, D] of the batch)
 
@@ -209,7 +210,10 @@ class Pipeline:
                 if noise is not None:
                     step_noise = noise[step, rows.start : rows.stop]
                 else:
-                    step_noise = np.stack([rng.standard_normal(dim, dtype=np.float32) for rng in rngs])
+                    if step % NOISE_CHUNK == 0:  # one draw of [n, D] per chain gives the numbers of n draws of [D]
+                        count = min(NOISE_CHUNK, config.steps - step)
+                        chunk = np.stack([rng.standard_normal((count, dim), dtype=np.float32) for rng in rngs], axis=1)
+                    step_noise = chunk[step % NOISE_CHUNK]
                 z = sampler.step(z, cond_grad, prior_grad, step_noise, step)
                 if options.callback is not None:
                     options.callback(number * config.steps + step + 1, total, z)
