@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
+from bench.variants import open_session
 from latent_onnx import Pipeline
 from latent_onnx.sessions import GraphRunner, SessionFactory, bundle_dims
 
@@ -31,11 +31,7 @@ class QuantisedPipeline(Pipeline):
             return super().runner(role)
         if self._quantised is None:
             model = self.quantise(onnx.load_from_string(self.bundle.graph_bytes(role)))
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            if self.factory.threads is not None:
-                options.intra_op_num_threads = self.factory.threads
-            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            session = open_session(model, self.factory.threads)  # the runtime's session options, on the CPU
             self._quantised = GraphRunner(role, session, bundle_dims(self.bundle), self.bundle.name)
         return self._quantised
 

@@ -2,8 +2,10 @@
 
 Each variant runs the same step (gradient graph, normalised gradient when the sampler says so,
 Gaussian prior term, noise, clip) and is timed per step at one batch size, noise drawing included:
-- `graph`, `graph-1thread`, `graph-nospin`: the gradient graph alone under session options;
-- `loop`: session.run per step and the update in NumPy (the runtime's loop without its checks);
+- `graph`, `graph-1thread`, `graph-spin`: the gradient graph alone under session options (as the
+  runtime sets them; on one thread; with worker threads spinning between runs, ONNX Runtime's default);
+- `loop`, `loop-spin`: session.run per step and the update in NumPy (the runtime's loop without its
+  checks), without and with spinning;
 - `iobinding`: that loop with the graph's inputs and outputs bound once to preallocated buffers;
 - `fused`: every step in one graph (an ONNX Loop around the gradient graph and the update);
 - `shared-weights-graph`: each weight held once (Gemm transB instead of a folded transposed copy);
@@ -52,7 +54,8 @@ class StepProblem:
         return draws * np.float32(math.sqrt(self.config.eps2))
 
 
-def session_options(threads: int | None, spinning: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None, spinning: bool = False) -> ort.SessionOptions:
+    """Session options as the runtime sets them (worker threads do not spin), or with spinning."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -64,7 +67,7 @@ def session_options(threads: int | None, spinning: bool = True) -> ort.SessionOp
     return options
 
 
-def open_session(model: onnx.ModelProto, threads: int | None, spinning: bool = True) -> ort.InferenceSession:
+def open_session(model: onnx.ModelProto, threads: int | None, spinning: bool = False) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), session_options(threads, spinning),
                                 providers=["CPUExecutionProvider"])
 
@@ -292,7 +295,8 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
     candidates = {
         "graph": lambda: graph_only(fp32),
         "graph-1thread": lambda: graph_only(open_session(model, 1)),
-        "graph-nospin": lambda: graph_only(open_session(model, threads, spinning=False)),
+        "graph-spin": lambda: graph_only(open_session(model, threads, spinning=True)),
+        "loop-spin": lambda: chain(open_session(model, threads, spinning=True), run_plain),
         "loop": lambda: chain(fp32, run_plain),
         "iobinding": lambda: chain(fp32, run_iobinding),
         "fused": lambda: chain(open_session(fused_model(model, problem.config, problem.prior_std), threads), run_fused),
