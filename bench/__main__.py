@@ -59,7 +59,7 @@ def time_bundle(pipe, batches, latent_steps: int, composite_steps: int, say) -> 
     """
     from bench.precision import QuantisedPipeline
     from bench.steps import time_path
-    from bench.variants import int8_dynamic_model
+    from export_tools.quantize import int8_dynamic_model
 
     classes = _first_class(pipe)
     int8_pipe = QuantisedPipeline(pipe.bundle, pipe.factory, int8_dynamic_model)
@@ -268,7 +268,7 @@ def run(sections, batches, latent_steps, composite_steps, threads, device, width
         results["variants"] = variants_section(imagenet_pipe, variant_batches, latent_steps, threads, say)
     if "precision" in chosen:
         from bench.precision import int8_sample_quality
-        from bench.variants import int8_dynamic_model
+        from export_tools.quantize import int8_dynamic_model
 
         missing = [str(p) for p in (Path(default_bundle) / "manifest.json", evaluator) if not Path(p).is_file()]
         if missing:

@@ -1,7 +1,7 @@
 """Does int8 change the samples? The default bundle sampled with float32 and with int8 class_grad weights.
 
 The same requests, seeds and sampler run through the runtime twice: once as shipped, once with the
-class_grad graph's weights quantised (bench.variants); the fashion recipe's independent evaluator
+class_grad graph's weights quantised (export_tools.quantize); the fashion recipe's independent evaluator
 (export_tools.recipes.evaluator) judges both sets of images.
 """
 

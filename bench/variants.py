@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from export_tools.quantize import int8_dynamic_model, matmul_weights_model
 from latent_onnx import SamplerConfig
 
 _TINY = float(np.finfo(np.float32).tiny)
@@ -179,35 +178,6 @@ def run_fused(session: ort.InferenceSession, problem: StepProblem, noise: np.nda
     return session.run(["z_final"], {"z": problem.z0, "weights": problem.weights, "noise": noise})[0]
 
 
-def matmul_weights_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph with every weight product a MatMul by an initializer: Transpose(W) folded, Gemm split into MatMul + Add."""
-    model = onnx.ModelProto()
-    model.CopyFrom(class_grad)
-    graph = model.graph
-    constants = {init.name: init for init in graph.initializer}
-    nodes = []
-    for node in graph.node:
-        if node.op_type == "Transpose" and node.input[0] in constants and len(constants[node.input[0]].dims) == 2:
-            array = numpy_helper.to_array(constants[node.input[0]]).T.copy()
-            folded = numpy_helper.from_array(array, node.output[0])
-            graph.initializer.append(folded)
-            constants[folded.name] = folded
-            continue
-        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain_gemm = node.op_type == "Gemm" and not attributes.get("transA") and not attributes.get("transB") \
-            and attributes.get("alpha", 1.0) == 1.0 and attributes.get("beta", 1.0) == 1.0
-        if plain_gemm and node.input[1] in constants:
-            product = f"{node.output[0]}/matmul"
-            nodes.append(helper.make_node("MatMul", node.input[:2], [product if len(node.input) > 2 else node.output[0]]))
-            if len(node.input) > 2:
-                nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]]))
-            continue
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return model
-
-
 def int8_block_model(class_grad: onnx.ModelProto, block_size: int = 32) -> onnx.ModelProto:
     """8-bit symmetric block-quantised weights (MatMulNBits, blocks of `block_size` along K); the kernel
     quantises each activation block to int8 too (accuracy_level 4), which is what makes it fast on CPUs."""
@@ -218,19 +188,6 @@ def int8_block_model(class_grad: onnx.ModelProto, block_size: int = 32) -> onnx.
                                      is_symmetric=True, accuracy_level=4)
     quantizer.process()
     return quantizer.model.model
-
-
-def int8_dynamic_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:
-    """int8 weights per output channel, activations quantised per tensor at run time (ONNX Runtime's
-    dynamic quantisation: MatMulInteger, which uses VNNI/AMX integer units)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns about pre-processing on the root logger
-    with tempfile.TemporaryDirectory() as folder:
-        source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
-        onnx.save(matmul_weights_model(class_grad), source)
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
-        return onnx.load(target)
 
 
 def shared_weights_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:

@@ -3,6 +3,7 @@
 Public entry points:
 - `export_tools.bundle_writer.write_bundle(out_dir, BundleSpec(...))`: export, validate, write a bundle.
 - `export_tools.export.export_<role>(...)`: export and validate one graph.
+- `export_tools.quantize.quantize_int8(...)`: int8 weights for a gradient graph, checked against float32.
 - `export_tools.conventions.PixelConvention`, `export_tools.priors.GaussianPrior` / `GaussianMixturePrior`.
 - CLI: `latent-onnx-export` / `python -m export_tools`.
 

@@ -30,11 +30,13 @@ from export_tools.export import (
     export_encoder, export_generator,
 )
 from export_tools.priors import GaussianMixturePrior, GaussianPrior, Prior
+from export_tools.quantize import quantize_int8
 from export_tools.specs import ROLES, GraphDims
 
 FORMAT = "latent-onnx-bundle"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+PRECISIONS = ("float32", "int8")  # BundleSpec.class_grad_precision
 
 # Sampler defaults written when a BundleSpec leaves a key out (see latent_onnx.SamplerConfig).
 DEFAULT_SAMPLER = {
@@ -66,7 +68,8 @@ class BundleSpec:
     image_classifier: nn.Module | None = None  # x [B, 3, h, w] generator output -> logits [B, K]: composite_class_grad
     sampler: dict = field(default_factory=dict)  # overrides of DEFAULT_SAMPLER
     presets: dict[str, dict] = field(default_factory=dict)  # preset name -> partial sampler overrides, may set "clip"
-    provenance: dict = field(default_factory=dict)  # free-form; "created", "torch" and "validation" are added
+    provenance: dict = field(default_factory=dict)  # free-form; "created", "torch", "validation" (and "precision") are added
+    class_grad_precision: str = "float32"  # "int8": class_grad weights quantised (export_tools.quantize), same contract
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ class BundleReport:
 
     path: Path  # the bundle directory
     manifest: dict  # the manifest as written
-    graphs: dict[str, GraphReport]  # role -> export report (max |ONNX Runtime - PyTorch| per output)
+    graphs: dict[str, GraphReport]  # role -> export report (max |ONNX Runtime - PyTorch| per output, float32 graph)
+    precision: dict[str, dict] = field(default_factory=dict)  # quantised role -> {"weights": "int8", figures vs float32}
 
     def max_diff(self) -> dict[str, dict[str, float]]:
         """role -> output name -> largest absolute difference measured by validation."""
@@ -98,7 +102,8 @@ def write_bundle(out_dir: str | Path, spec: BundleSpec, *, overwrite: bool = Fal
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
         reports = _export_graphs(spec, staging, say)
-        manifest = _write_files_and_manifest(spec, staging, reports)
+        precision = _quantize_graphs(spec, staging, say)
+        manifest = _write_files_and_manifest(spec, staging, reports, precision)
         os.chmod(staging, 0o755)
         _move_into_place(staging, out_dir)
     except BaseException:
@@ -106,7 +111,7 @@ def write_bundle(out_dir: str | Path, spec: BundleSpec, *, overwrite: bool = Fal
         raise
     say(f"wrote {out_dir}")
     graphs = {role: dataclasses.replace(r, path=out_dir / r.path.name) for role, r in reports.items()}
-    return BundleReport(out_dir, manifest, graphs)
+    return BundleReport(out_dir, manifest, graphs, precision)
 
 
 def _dims(spec: BundleSpec) -> GraphDims:
@@ -155,6 +160,19 @@ def _export_graphs(spec: BundleSpec, staging: Path, say: Callable[[str], None]) 
     return reports
 
 
+def _quantize_graphs(spec: BundleSpec, staging: Path, say: Callable[[str], None]) -> dict[str, dict]:
+    """Quantise class_grad in place when spec.class_grad_precision asks; role -> {"weights", figures}."""
+    if spec.class_grad_precision == "float32":
+        return {}
+    say("quantising class_grad to int8 weights ...")
+    figures = quantize_int8(staging / "class_grad.onnx", staging / "class_grad.onnx", "class_grad", _dims(spec),
+                            latent_sampler=_latent_sampler(spec))
+    say(f"class_grad: int8 against float32, gradient cosine median {figures['grad_cosine_median']:.4f} "
+        f"min {figures['grad_cosine_min']:.4f}, logp relative error {figures['logp_relative_error']:.2g}")
+    return {"class_grad": {"weights": "int8", "method": "onnxruntime dynamic quantisation, per-channel weights",
+                           **figures}}
+
+
 def _file_entry(directory: Path, name: str, data: bytes) -> dict:
     (directory / name).write_bytes(data)
     return {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
@@ -167,7 +185,8 @@ def _prior_entry(prior: Prior, directory: Path, stem: str) -> dict:
     return prior.manifest_entry()
 
 
-def _write_files_and_manifest(spec: BundleSpec, staging: Path, reports: dict[str, GraphReport]) -> dict:
+def _write_files_and_manifest(spec: BundleSpec, staging: Path, reports: dict[str, GraphReport],
+                              precision: dict[str, dict]) -> dict:
     latent = {"dim": spec.latent_dim, "prior": _prior_entry(spec.prior, staging, "prior")}
     if spec.init is not None:
         latent["init"] = _prior_entry(spec.init, staging, "init")
@@ -198,6 +217,8 @@ def _write_files_and_manifest(spec: BundleSpec, staging: Path, reports: dict[str
         "torch": torch.__version__,
         "validation": {role: report.max_diff for role, report in reports.items()},
     }
+    if precision:
+        manifest["provenance"]["precision"] = precision
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
     return manifest
 
@@ -269,6 +290,10 @@ def _check_spec(spec: BundleSpec) -> None:
         if isinstance(prior, GaussianMixturePrior) and prior.dim != spec.latent_dim:
             raise ExportError(f"{label} has dimension {prior.dim}, latent_dim is {spec.latent_dim}")
     _check_clip(spec.clip, "clip")
+    if spec.class_grad_precision not in PRECISIONS:
+        raise ExportError(f"class_grad_precision must be one of {PRECISIONS}, got {spec.class_grad_precision!r}")
+    if spec.class_grad_precision != "float32" and spec.head is None:
+        raise ExportError(f"class_grad_precision={spec.class_grad_precision!r} needs a head (the class_grad graph)")
     if (spec.head is not None or spec.image_classifier is not None) and not spec.classes:
         raise ExportError("a head or image_classifier needs the class names (BundleSpec.classes)")
     if spec.classes:

@@ -82,6 +82,8 @@ def download(files: tuple[str, ...], cache: Path, pins: tuple[str, ...], list_on
 @click.option("--clip/--no-clip", default=True, help="clip z to [0, 30] after every step, as PPGN does [default: clip]")
 @click.option("--composite", is_flag=True, help="also export the slow composite path (generator + CaffeNet) for comparison")
 @click.option("--no-encoder", is_flag=True, help="leave out the encoder graph (no --init-image)")
+@click.option("--int8", is_flag=True,
+              help="int8 class_grad weights: 3-4x faster latent steps on CPUs, checked against float32 on the way")
 @click.option("--name", default=ImageNetOptions.name, show_default=True, help="bundle name")
 @click.option("--max-tokens", type=click.IntRange(2, 64), default=ImageNetOptions.max_tokens, show_default=True,
               help="longest caption, in words + <eos>")
@@ -89,7 +91,7 @@ def download(files: tuple[str, ...], cache: Path, pins: tuple[str, ...], list_on
 @click.option("--width", type=int, default=1, hidden=True, help="network width divisor, for tests")
 def convert(out: Path, cache: Path, generator: Path | None, classifier: Path | None, captioner: Path | None,
             vocabulary: Path | None, labels: Path | None, crop: bool, clip: bool, composite: bool, no_encoder: bool,
-            name: str, max_tokens: int, overwrite: bool, width: int) -> None:
+            int8: bool, name: str, max_tokens: int, overwrite: bool, width: int) -> None:
     """Convert the weights into a bundle at OUT.
 
     Every graph is validated against PyTorch; nothing is left at OUT if anything fails.
@@ -105,6 +107,7 @@ def convert(out: Path, cache: Path, generator: Path | None, classifier: Path | N
             captioner = vocabulary = None  # captions only when both are there
     sources = ImageNetSources(generator, classifier, captioner, vocabulary, labels)
     options = ImageNetOptions(name=name, crop=crop, clip=ImageNetOptions.clip if clip else None,
-                              encoder=not no_encoder, composite=composite, max_tokens=max_tokens, width=width)
+                              encoder=not no_encoder, composite=composite, max_tokens=max_tokens, width=width,
+                              class_grad_precision="int8" if int8 else "float32")
     write_imagenet_bundle(out, sources, options, overwrite=overwrite, progress=lambda line: _console.print(line))
     _console.print(f"try: latent-onnx generate --bundle {out} --class goldfinch")

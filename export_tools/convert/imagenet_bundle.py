@@ -65,6 +65,7 @@ class ImageNetOptions:
     encoder: bool = True  # export the encoder graph (CaffeNet to fc6), for --init-image
     composite: bool = False  # export composite_class_grad (generator + full CaffeNet; slow, large)
     max_tokens: int = 20  # T: caption words + final <eos> (LRCN's deploy net unrolls 20 steps)
+    class_grad_precision: str = "float32"  # "int8": class_grad weights quantised, 3-4x faster latent steps on CPUs
     width: int = 1  # network width divisor: 1 for the published weights, >1 only for tests
 
 
@@ -126,6 +127,7 @@ def imagenet_spec(sources: ImageNetSources, options: ImageNetOptions) -> BundleS
         image_classifier=CaffeNetClassifier(nets.encoder, nets.head) if options.composite else None,
         sampler=dict(PPGN_SAMPLER),
         presets={"paper": dict(PAPER_PRESET)},
+        class_grad_precision=options.class_grad_precision,
         provenance={
             "recipe": "export_tools.convert.imagenet_bundle",
             "sources": {

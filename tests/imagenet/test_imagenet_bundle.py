@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -129,6 +130,19 @@ def test_composite_path_exports_and_samples(reference, tmp_path):
                         "--steps", "2", "--seed", "1", "--out", str(tmp_path / "out"), "--json"])
     (image,) = (tmp_path / "out").glob("*.png")
     assert Image.open(image).size == (227, 227)
+
+
+def test_int8_conversion_quantises_class_grad_and_generates(reference, tmp_path):
+    _, files, _ = reference
+    bundle = tmp_path / "int8"
+    _run(export_main, ["imagenet", "convert", str(bundle), "--generator", str(files["generator"]), "--classifier",
+                       str(files["classifier"]), "--no-encoder", "--int8", "--width", str(WIDTH)])
+    precision = json.loads((bundle / "manifest.json").read_text())["provenance"]["precision"]["class_grad"]
+    assert precision["weights"] == "int8" and precision["grad_cosine_median"] >= 0.99
+    assert "MatMulInteger" in {node.op_type for node in onnx.load(bundle / "class_grad.onnx").graph.node}
+    _run(runtime_main, ["generate", "--bundle", str(bundle), "--class", "goldfinch", "-n", "2", "--steps", "3",
+                        "--seed", "1", "--out", str(tmp_path / "out"), "--json"])
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
 
 
 def test_cropped_bundle_declares_227_and_the_crop(reference):
