@@ -31,7 +31,8 @@ class MachineBounds:
         return flops / (self.matmul_gflops * 1e9)
 
 
-def _best_time(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int) -> float:
+    """Best wall time of `fn()` over `repeats` calls, after one warm-up call."""
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -56,9 +57,9 @@ def measure_read_bandwidth(threads: int, nbytes: int = 512 << 20, repeats: int =
     for count in sorted({1, threads}):
         parts = np.array_split(matrix.reshape(-1), count)
         with ThreadPoolExecutor(count) as pool:
-            best = min(best, _best_time(lambda: list(pool.map(np.sum, parts)), repeats))
+            best = min(best, best_seconds(lambda: list(pool.map(np.sum, parts)), repeats))
         session = _onnx_matmul_session((1, rows), (rows, columns), count)
-        best = min(best, _best_time(lambda: session.run(None, {"a": vector, "b": matrix}), repeats))
+        best = min(best, best_seconds(lambda: session.run(None, {"a": vector, "b": matrix}), repeats))
     return matrix.nbytes / best / 1e9
 
 
@@ -81,10 +82,10 @@ def measure_matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> flo
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    best = _best_time(lambda: a @ b, repeats)
+    best = best_seconds(lambda: a @ b, repeats)
     for count in sorted({1, threads}):
         session = _onnx_matmul_session((n, n), (n, n), count)
-        best = min(best, _best_time(lambda: session.run(None, {"a": a, "b": b}), repeats))
+        best = min(best, best_seconds(lambda: session.run(None, {"a": a, "b": b}), repeats))
     return 2.0 * n**3 / best / 1e9
 
 

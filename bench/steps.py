@@ -16,6 +16,8 @@ import numpy as np
 
 from latent_onnx import Pipeline
 
+from .machine import best_seconds
+
 
 @dataclass
 class PathTiming:
@@ -39,17 +41,6 @@ def step_seconds(pipe: Pipeline, classes: str, path: str, batch: int, steps: int
     pipe.generate(classes=classes, path=path, n=batch, batch_size=batch, seed=0, steps=steps + 1,
                   callback=lambda step, total, z: stamps.append(time.perf_counter()))
     return list(np.diff(stamps))
-
-
-def best_seconds(fn, repeats: int) -> float:
-    """Best wall time of `fn()` over `repeats` calls, after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def time_path(pipe: Pipeline, classes: str, path: str, batch: int, steps: int, repeats: int = 3) -> PathTiming:
