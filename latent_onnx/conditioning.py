@@ -51,7 +51,8 @@ class ClassIndex:
             options = ", ".join(f"{i} ({self.classes[i][0]})" for i in matches)
             raise InputError(f"class '{name}' is ambiguous: it names classes {options}; give the index instead")
         hint = _suggest(key, sorted(self._display) + sorted(self._synonym))
-        raise InputError(f"unknown class '{name}'{hint} (list them with `latent-onnx classes`)")
+        raise InputError(f"unknown class '{name}'{hint} (list them with `latent-onnx classes`; another bundle, such as the"
+                         " ImageNet one of docs/imagenet.md, is chosen with --bundle)")
 
     def search(self, text: str) -> list[int]:
         """Indices of classes any of whose names contain `text` (case-insensitive)."""
