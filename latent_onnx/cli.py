@@ -24,7 +24,7 @@ from .bundle import BUNDLE_ENV, DEFAULT_BUNDLE, load_bundle
 from .conditioning import ClassIndex
 from .errors import InputError, LatentOnnxError, OutputError
 from .images import PNG_TEXT_KEY, check_new_files, check_output_dir, make_grid, save_gif, save_png
-from .pipeline import PATHS, Pipeline
+from .pipeline import MAX_SAMPLES, PATHS, Pipeline
 from .sampler import STARTS
 from .sessions import DEVICES
 
@@ -136,8 +136,8 @@ def generate(classes, caption, n, seed, start_index, steps, eps1, eps2, prior_we
     """Generate images of a class (or mix of classes) or of a caption."""
     if (classes is None) == (caption is None):
         raise InputError("give exactly one of --class or --caption")
-    if not 1 <= n <= 100_000:
-        raise InputError(f"-n must be from 1 to 100000, not {n}")
+    if not 1 <= n <= MAX_SAMPLES:
+        raise InputError(f"-n must be from 1 to {MAX_SAMPLES}, not {n}")
     seed = secrets.randbits(32) if seed is None else seed
     if seed < 0 or start_index < 0:
         raise InputError("--seed and --start-index must be >= 0")
