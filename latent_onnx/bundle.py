@@ -163,19 +163,28 @@ def _confined_path(root: Path, ref: FileRef) -> Path:
     return resolved
 
 
+def _missing(root: Path, ref: FileRef) -> BundleError:
+    return BundleError(f"bundle {root}: file '{ref.file}' ({ref.field}) is missing")
+
+
+def _check_digest(root: Path, ref: FileRef, digest: str) -> None:
+    """BundleError unless `digest` (sha256 hex of the file's bytes) is the one the manifest names."""
+    if digest != ref.sha256:
+        raise BundleError(
+            f"bundle {root}: '{ref.file}' ({ref.field}) does not match its sha256 (truncated, corrupted or"
+            " tampered with); restore the bundle from its source"
+        )
+
+
 def _read_verified(root: Path, ref: FileRef) -> bytes:
     path = _confined_path(root, ref)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise BundleError(f"bundle {root}: file '{ref.file}' ({ref.field}) is missing") from None
+        raise _missing(root, ref) from None
     except OSError as error:
         raise BundleError(f"bundle {root}: cannot read '{ref.file}' ({ref.field}): {error.strerror}") from None
-    if hashlib.sha256(data).hexdigest() != ref.sha256:
-        raise BundleError(
-            f"bundle {root}: '{ref.file}' ({ref.field}) does not match its sha256 (truncated, corrupted or"
-            " tampered with); restore the bundle from its source"
-        )
+    _check_digest(root, ref, hashlib.sha256(data).hexdigest())
     return data
 
 
@@ -298,12 +307,8 @@ class _ManifestReader:
     def verify(self, ref: FileRef):
         path = _confined_path(self.root, ref)
         if not path.is_file():
-            raise BundleError(f"bundle {self.root}: file '{ref.file}' ({ref.field}) is missing")
-        if _sha256_of(path) != ref.sha256:
-            raise BundleError(
-                f"bundle {self.root}: '{ref.file}' ({ref.field}) does not match its sha256 (truncated, corrupted"
-                " or tampered with); restore the bundle from its source"
-            )
+            raise _missing(self.root, ref)
+        _check_digest(self.root, ref, _sha256_of(path))
 
     def text_lines(self, ref: FileRef) -> list[str]:
         try:
