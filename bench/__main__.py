@@ -117,14 +117,13 @@ def eager_section(pipe, width: int, batches, latent_steps: int, composite_steps:
 
     from bench.eager import eager_step_seconds
     from bench.imagenet import build_nets
-    from bench.steps import step_seconds
+    from bench.steps import batch_weights, step_seconds
     from latent_onnx import Pipeline
 
     nets = build_nets(width)
     modules = {"latent": ClassLogp(nets.head), "composite": ClassLogp(ClassifierOnGenerator(nets.generator, nets.classifier))}
     config = pipe.sampler_config()
     classes = _first_class(pipe)
-    weights_row = pipe.class_weights(classes)
     rows = []
     for count in sorted({threads, 1}, reverse=True):
         counted = Pipeline.from_bundle(pipe.bundle, device="cpu", threads=count)  # eager runs on the CPU too
@@ -137,7 +136,7 @@ def eager_section(pipe, width: int, batches, latent_steps: int, composite_steps:
                 z0 = rng.standard_normal((batch, pipe.bundle.latent_dim), dtype=np.float32)
                 if config.clip is not None:
                     z0 = np.clip(z0, *config.clip)
-                weights = np.broadcast_to(weights_row, (batch, len(weights_row))).copy()
+                weights = batch_weights(pipe, classes, batch)
                 ours = eager = float("inf")
                 for _ in range(2):  # taking turns, so that a change in load falls on both
                     ours = min(ours, statistics.median(step_seconds(counted, classes, path, batch, steps)))
@@ -150,19 +149,16 @@ def eager_section(pipe, width: int, batches, latent_steps: int, composite_steps:
 
 def variants_section(pipe, batches, steps: int, threads, say) -> dict:
     """The latent step's variants at each batch (seconds per step, or why a variant cannot run)."""
+    from bench.steps import batch_weights, start_codes
     from bench.variants import StepProblem, quality, time_variants
 
     model = onnx.load_from_string(pipe.bundle.graph_bytes("class_grad"))
     config = dataclasses.replace(pipe.sampler_config(), eps1_final=None)
     prior_std = getattr(pipe.bundle.prior, "std", 1.0)
-    weights_row = pipe.class_weights(_first_class(pipe))
+    classes = _first_class(pipe)
     out = {"latent_cost": dataclasses.asdict(graph_cost(model)), "batches": {}, "quality": None}
     for batch in batches:
-        rng = np.random.default_rng(0)
-        z0 = np.stack([pipe.bundle.init.sample(rng) for _ in range(batch)])
-        if config.clip is not None:
-            z0 = np.clip(z0, *config.clip)
-        problem = StepProblem(model, config, prior_std, z0, np.broadcast_to(weights_row, (batch, len(weights_row))).copy())
+        problem = StepProblem(model, config, prior_std, start_codes(pipe, batch), batch_weights(pipe, classes, batch))
         results = time_variants(problem, max(1, steps // 2), threads)
         for name, result in results.items():
             outcome = f"{result['step_s'] * 1e3:.2f} ms/step" if "step_s" in result else f"cannot run ({result['error']})"

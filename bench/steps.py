@@ -43,14 +43,23 @@ def step_seconds(pipe: Pipeline, classes: str, path: str, batch: int, steps: int
     return list(np.diff(stamps))
 
 
+def start_codes(pipe: Pipeline, batch: int) -> np.ndarray:
+    """float32 [batch, D]: draws of the bundle's init (generator seeded 0), clipped to the bundle's clip."""
+    rng = np.random.default_rng(0)
+    z = np.stack([pipe.bundle.init.sample(rng) for _ in range(batch)])
+    return z if pipe.bundle.clip is None else np.clip(z, *pipe.bundle.clip)
+
+
+def batch_weights(pipe: Pipeline, classes: str, batch: int) -> np.ndarray:
+    """float32 [batch, K]: the class spec's weights, one row per chain (a gradient graph's `weights` feed)."""
+    row = pipe.class_weights(classes)
+    return np.broadcast_to(row, (batch, len(row))).copy()
+
+
 def time_path(pipe: Pipeline, classes: str, path: str, batch: int, steps: int, repeats: int = 3) -> PathTiming:
     """Step, graph-only and decode time of `path` at `batch`; `steps` step intervals are timed (>= 1)."""
     role = "class_grad" if path == "latent" else "composite_class_grad"
-    rng = np.random.default_rng(0)
-    z = np.stack([pipe.bundle.init.sample(rng) for _ in range(batch)])
-    if pipe.bundle.clip is not None:
-        z = np.clip(z, *pipe.bundle.clip)
-    weights = np.broadcast_to(pipe.class_weights(classes), (batch, len(pipe.bundle.classes))).copy()
+    z, weights = start_codes(pipe, batch), batch_weights(pipe, classes, batch)
     runner = pipe.runner(role)
     graph = best_seconds(lambda: runner.run(z=z, weights=weights), repeats)
     decode = best_seconds(lambda: pipe.decode(z), max(1, repeats // 2))
