@@ -32,17 +32,16 @@ from export_tools.export import (
 from export_tools.priors import GaussianMixturePrior, GaussianPrior, Prior
 from export_tools.quantize import quantize_int8
 from export_tools.specs import ROLES, GraphDims
+from latent_onnx.errors import InputError
+from latent_onnx.sampler import SamplerConfig
 
 FORMAT = "latent-onnx-bundle"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 PRECISIONS = ("float32", "int8")  # BundleSpec.class_grad_precision
 
-# Sampler defaults written when a BundleSpec leaves a key out (see latent_onnx.SamplerConfig).
-DEFAULT_SAMPLER = {
-    "steps": 200, "eps1": 0.01, "eps2": 1e-4, "prior_weight": 1.0,
-    "condition_scale": 1.0, "eps1_final": None, "normalize_grad": False, "start": "init",
-}
+# Sampler defaults written when a BundleSpec leaves a key out: the runtime's own (latent_onnx.SamplerConfig).
+DEFAULT_SAMPLER = {key: value for key, value in SamplerConfig().to_dict().items() if key != "clip"}
 
 
 @dataclass
@@ -242,19 +241,11 @@ def _check_sampler_values(values: dict, where: str) -> None:
     unknown = sorted(set(values) - set(DEFAULT_SAMPLER))
     if unknown:
         raise ExportError(f"{where}: unknown sampler keys {unknown}; known: {sorted(DEFAULT_SAMPLER)}")
-    rules = {
-        "steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-        "eps1": lambda v: _is_number(v) and v > 0,
-        "eps2": lambda v: _is_number(v) and v >= 0,
-        "prior_weight": lambda v: _is_number(v) and v >= 0,
-        "condition_scale": lambda v: _is_number(v) and v > 0,
-        "eps1_final": lambda v: v is None or (_is_number(v) and v > 0),
-        "normalize_grad": lambda v: isinstance(v, bool),
-        "start": lambda v: v in ("init", "conditioned"),
-    }
-    for key, value in values.items():
-        if not rules[key](value):
-            raise ExportError(f"{where}: {key}={value!r} is out of range (see docs/bundle-format.md, sampler)")
+    for key, value in values.items():  # the runtime's rules (numpy scalars pass here, then fail the JSON check)
+        try:
+            SamplerConfig(**{key: value})
+        except InputError as error:
+            raise ExportError(f"{where}: {key}={value!r} is out of range: {error}") from None
 
 
 def _check_clip(clip, where: str) -> None:
