@@ -105,8 +105,14 @@ def build(factory: str, out: str, overwrite: bool, threads: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; user errors become one line on stderr and the error's exit code."""
+    run_command(cli, argv, prog_name="latent-onnx-export")
+
+
+def run_command(command: click.Command, argv: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Run a click command and exit; user errors (LatentOnnxError, ExportError included) become one line
+    on stderr and the error's exit code, an interrupt exits 130."""
     try:
-        result = cli.main(args=argv, prog_name="latent-onnx-export", standalone_mode=False)
+        result = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except LatentOnnxError as error:
         _console.print(f"error: {error}", markup=False)
         sys.exit(error.exit_code)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -19,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latent_onnx import LatentOnnxError, Pipeline
+from latent_onnx import Pipeline
 from latent_onnx.images import make_grid, save_png
 
-from export_tools import ExportError
+from export_tools.cli import run_command
 from export_tools.recipes.evaluator import EvaluationPlan, EvaluatorConfig, Judge, evaluate_bundle, train_evaluator
 from export_tools.recipes.fashion_bundle import write_fashion_bundle
 from export_tools.recipes.fashion_data import CLASS_NAMES, DATA_DIR
@@ -170,19 +169,5 @@ def readme_pictures(bundle: Path, out: Path, columns: int, seed: int, scale: int
         click.echo(f"wrote {out / name}.png")
 
 
-def run() -> None:
-    """Entry point: run the click group and turn export and runtime errors into one line and an exit code."""
-    try:
-        main(standalone_mode=False)
-    except (ExportError, LatentOnnxError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(error.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-
-
 if __name__ == "__main__":
-    run()
+    run_command(main)
