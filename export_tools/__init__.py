@@ -29,6 +29,12 @@ class ExportError(LatentOnnxError):
     exit_code = 6
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none), for one-line ExportError messages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def require_torch() -> None:
     """Raise ExportError with install instructions when torch, onnx or onnxscript is missing."""
     missing = [name for name in ("torch", "onnx", "onnxscript") if importlib.util.find_spec(name) is None]
@@ -36,4 +42,4 @@ def require_torch() -> None:
         raise ExportError(f"export_tools needs {', '.join(missing)}: {TORCH_INSTALL_HINT}")
 
 
-__all__ = ["ExportError", "require_torch", "TORCH_INSTALL_HINT"]
+__all__ = ["ExportError", "first_line", "require_torch", "TORCH_INSTALL_HINT"]

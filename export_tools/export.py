@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from export_tools import ExportError
+from export_tools import ExportError, first_line
 from export_tools.conventions import PixelConvention
 from export_tools.specs import IR_VERSION, SPECS, GraphDims, GraphSpec, LatentSampler
 from export_tools.validate import Reference, validate_graph
@@ -195,7 +195,7 @@ def eager_reference(module: nn.Module, spec: GraphSpec) -> Reference:
             exact = logp_and_grad(module64, tensors64)
         except Exception as exc:
             raise ExportError(f"{spec.role}: the network fails in float64 (validation measures float32 rounding "
-                              f"with a float64 copy): {type(exc).__name__}: {_first_line(exc)}") from exc
+                              f"with a float64 copy): {type(exc).__name__}: {first_line(exc)}") from exc
         return logp_and_grad(module, tensors), exact
 
     return run
@@ -215,11 +215,6 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
-
-
 def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Path,
                    latent_sampler: LatentSampler | None) -> None:
     """Export `module` (inputs and outputs in spec order) to `path` with a dynamic batch axis."""
@@ -232,7 +227,7 @@ def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Pa
     except Exception as exc:
         shapes = ", ".join(f"{t.name} {list(a.shape)} {t.dtype}" for t, a in zip(spec.inputs, args))
         raise ExportError(f"{spec.role}: the network fails on inputs of the contract's shapes ({shapes}): "
-                          f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                          f"{type(exc).__name__}: {first_line(exc)}") from exc
     size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
     if size > _MAX_EMBEDDED_BYTES:
         raise ExportError(f"{spec.role}: {size / 1e9:.1f} GB of weights does not fit in one ONNX file (limit 1.5 GB)")
@@ -255,7 +250,7 @@ def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Pa
         root = exc
         while root.__cause__ is not None:
             root = root.__cause__
-        raise ExportError(f"{spec.role}: ONNX export failed: {type(root).__name__}: {_first_line(root)}") from exc
+        raise ExportError(f"{spec.role}: ONNX export failed: {type(root).__name__}: {first_line(root)}") from exc
     os.replace(tmp, path)
 
 

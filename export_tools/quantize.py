@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export_tools import ExportError
+from export_tools import ExportError, first_line
 from export_tools.specs import SPECS, GraphDims, LatentSampler
 from export_tools.validate import check_signature, open_session
 
@@ -134,7 +134,7 @@ def quantize_int8(float_path: str | Path, int8_path: str | Path, role: str, dims
     try:
         quantised = int8_dynamic_model(onnx.load(float_path))
     except Exception as exc:
-        raise ExportError(f"{float_path.name} cannot be quantised to int8: {str(exc).strip().splitlines()[0]}") from exc
+        raise ExportError(f"{float_path.name} cannot be quantised to int8: {first_line(exc)}") from exc
     staging = int8_path.with_name(f".{int8_path.name}.int8.partial")
     try:
         onnx.save(quantised, staging)

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from export_tools import ExportError
+from export_tools import ExportError, first_line
 from export_tools.specs import GraphDims, GraphSpec, LatentSampler
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "uint8": "tensor(uint8)"}
@@ -25,7 +25,7 @@ def open_session(path: str | Path) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(Path(path).read_bytes(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ExportError(f"{Path(path).name} cannot be opened by ONNX Runtime: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"{Path(path).name} cannot be opened by ONNX Runtime: {first_line(exc)}") from exc
 
 
 def check_signature(session: ort.InferenceSession, spec: GraphSpec, dims: GraphDims) -> None:
