@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from latent_onnx import Pipeline
+from latent_onnx.pipeline import PATH_ROLES
 
 from .machine import best_seconds
 
@@ -58,7 +59,7 @@ def batch_weights(pipe: Pipeline, classes: str, batch: int) -> np.ndarray:
 
 def time_path(pipe: Pipeline, classes: str, path: str, batch: int, steps: int, repeats: int = 3) -> PathTiming:
     """Step, graph-only and decode time of `path` at `batch`; `steps` step intervals are timed (>= 1)."""
-    role = "class_grad" if path == "latent" else "composite_class_grad"
+    role = PATH_ROLES[path]
     z, weights = start_codes(pipe, batch), batch_weights(pipe, classes, batch)
     runner = pipe.runner(role)
     graph = best_seconds(lambda: runner.run(z=z, weights=weights), repeats)

@@ -23,7 +23,8 @@ from .priors import GaussianMixturePrior
 from .sampler import SamplerConfig, SGLDSampler
 from .sessions import GraphRunner, SessionFactory
 
-PATHS = ("latent", "composite")
+PATH_ROLES = {"latent": "class_grad", "composite": "composite_class_grad"}  # class path -> its gradient graph
+PATHS = tuple(PATH_ROLES)
 MAX_SAMPLES = 100_000
 MAX_BATCH = 4096
 NOISE_CHUNK = 16  # steps of noise drawn at once per chain (fewer NumPy calls; the same numbers)
@@ -161,7 +162,7 @@ class Pipeline:
             tokens, mask = self.caption_tokens(caption)
             return GradientTarget(self.runner("caption_grad"), {"tokens": tokens, "mask": mask})
         weights = self.class_weights(classes)
-        role = "class_grad" if path == "latent" else "composite_class_grad"
+        role = PATH_ROLES[path]
         if not self.bundle.has_graph(role):
             raise InputError(f"bundle '{self.bundle.name}' has no {role} graph; use another --path")
         return GradientTarget(self.runner(role), {"weights": weights})
