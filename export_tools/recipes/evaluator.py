@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from export_tools import write_atomically
 from export_tools.recipes.errors import RecipeError
 from export_tools.recipes.fashion_data import CLASS_NAMES, COLOUR_NAMES, DATA_DIR, load_split
 
@@ -96,10 +97,8 @@ def train_evaluator(out_path: Path, config: EvaluatorConfig, data_dir: Path = DA
                 "colour": float(np.mean(judged.colours == test.colours))}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    temp = out_path.with_suffix(".tmp")
-    torch.save({"kind": "fashion-evaluator", "config": asdict(config), "state": net.state_dict(),
-                "test_accuracy": accuracy}, temp)
-    temp.replace(out_path)
+    write_atomically(out_path, lambda temp: torch.save({"kind": "fashion-evaluator", "config": asdict(config),
+                                                        "state": net.state_dict(), "test_accuracy": accuracy}, temp))
     return accuracy
 
 

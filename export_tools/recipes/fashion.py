@@ -21,6 +21,7 @@ from PIL import Image
 from latent_onnx import Pipeline
 from latent_onnx.images import make_grid, save_png
 
+from export_tools import write_atomically
 from export_tools.cli import run_command
 from export_tools.recipes.evaluator import EvaluationPlan, EvaluatorConfig, Judge, evaluate_bundle, train_evaluator
 from export_tools.recipes.fashion_bundle import write_fashion_bundle
@@ -137,10 +138,9 @@ def evaluate(bundle: Path, evaluator: Path, data_dir: Path, per_class: int, per_
     click.echo(f"sampler: {config.to_dict()}")
     figures = evaluate_bundle(pipe, Judge.load(evaluator), plan, sampler, data_dir, log=lambda line: click.echo(line))
     if json_path is not None:
-        temp = json_path.with_name(json_path.name + ".tmp")
-        temp.write_text(json.dumps({"bundle": str(bundle), "sampler_overrides": sampler, "sampler": config.to_dict(),
-                                    "plan": dataclasses.asdict(plan), "rows": figures}, indent=2) + "\n")
-        temp.replace(json_path)
+        text = json.dumps({"bundle": str(bundle), "sampler_overrides": sampler, "sampler": config.to_dict(),
+                           "plan": dataclasses.asdict(plan), "rows": figures}, indent=2) + "\n"
+        write_atomically(json_path, lambda temp: temp.write_text(text))
 
 
 README_CAPTIONS = ["a red sneaker", "a pair of blue trousers", "an orange bag", "a yellow dress",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from export_tools import write_atomically
 from export_tools.priors import GaussianMixturePrior
 from export_tools.nets.fashion import Captioner, Discriminator, Encoder, Generator, Head
 from export_tools.recipes.errors import RecipeError
@@ -164,9 +165,7 @@ class Trainer:
             "prior": prior_state(self.prior) if self.prior else None,
             "vocabulary": self.vocab,
         }
-        temp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, temp)
-        temp.replace(self.checkpoint_path)
+        write_atomically(self.checkpoint_path, lambda temp: torch.save(state, temp))
 
     def optimizer(self, name: str, params, lr: float) -> torch.optim.Optimizer:
         """Adam for one stage, restored from the checkpoint when resuming mid-stage."""
