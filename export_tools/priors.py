@@ -94,9 +94,13 @@ class GaussianMixturePrior:
         """z [n, dim] float32 (dim must equal the mixture's D)."""
         if dim != self.dim:
             raise ExportError(f"GaussianMixturePrior has dimension {self.dim}, the bundle's latent dim is {dim}")
+        return self.sample_with_components(n, rng)[0]
+
+    def sample_with_components(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """z [n, D] float32 and the component each draw came from, int64 [n]."""
         which = rng.choice(self.components, size=n, p=self.weights)
-        noise = rng.standard_normal((n, dim))
-        return (self.means[which] + np.einsum("nij,nj->ni", self.scale_tril[which], noise)).astype(np.float32)
+        noise = rng.standard_normal((n, self.dim))
+        return (self.means[which] + np.einsum("nij,nj->ni", self.scale_tril[which], noise)).astype(np.float32), which
 
     def npz_bytes(self) -> bytes:
         """The prior file (numpy .npz, no pickles): weights [M], means [M, D], scale_tril [M, D, D] float64."""

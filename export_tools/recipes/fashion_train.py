@@ -67,14 +67,6 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def sample_components(prior: GaussianMixturePrior, count: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draws from the mixture with their component: z float32 [count, D], component int64 [count]."""
-    component = rng.choice(prior.components, size=count, p=prior.weights)
-    noise = rng.standard_normal((count, prior.dim))
-    z = prior.means[component] + np.einsum("nij,nj->ni", prior.scale_tril[component], noise)
-    return torch.from_numpy(z).float(), torch.from_numpy(component)
-
-
 def prior_state(prior: GaussianMixturePrior) -> dict[str, np.ndarray]:
     return {"weights": prior.weights, "means": prior.means, "scale_tril": prior.scale_tril}
 
@@ -242,18 +234,21 @@ class Trainer:
     # -- stage 2 --------------------------------------------------------------------------
 
     @torch.no_grad()
+    def over_training_set(self, network) -> torch.Tensor:
+        """network(pixels) of every training image, run in chunks of 1000 and concatenated (no gradients)."""
+        count = len(self.labels)
+        return torch.cat([network(self.pixels(torch.arange(i, min(i + 1000, count)))) for i in range(0, count, 1000)])
+
     def encode_all(self) -> torch.Tensor:
         """Whitened codes of the whole training set, float32 [N, D] (E in eval mode)."""
         self.nets.encoder.eval()
-        return torch.cat([self.nets.encoder(self.pixels(torch.arange(i, min(i + 1000, len(self.labels)))))
-                          for i in range(0, len(self.labels), 1000)])
+        return self.over_training_set(self.nets.encoder)
 
     def fit_prior(self, epoch: int) -> dict[str, float]:
         encoder, generator = self.nets.encoder, self.nets.generator
         encoder.eval()
+        raw = self.over_training_set(encoder.raw_code)
         with torch.no_grad():
-            raw = torch.cat([encoder.raw_code(self.pixels(torch.arange(i, min(i + 1000, len(self.labels)))))
-                             for i in range(0, len(self.labels), 1000)])
             encoder.whitening.set(raw)
             generator.whitening.load_state_dict(encoder.whitening.state_dict())
         codes = self.encode_all().numpy()
@@ -268,7 +263,7 @@ class Trainer:
 
     def prior_batch(self, count: int, rng: np.random.Generator):
         """Prior samples with the class and colour of their component: z [B, D], labels [B], colours [B]."""
-        z, component = sample_components(self.prior, count, rng)
+        z, component = (torch.from_numpy(a) for a in self.prior.sample_with_components(count, rng))
         return z, component // len(COLOUR_NAMES), component % len(COLOUR_NAMES)
 
     def head_epoch(self, epoch: int) -> dict[str, float]:
