@@ -150,6 +150,13 @@ def write_manifest(root: Path, manifest: dict) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
+def edit_manifest(root: Path, change) -> None:
+    """Rewrite the bundle's manifest.json after `change(manifest)` edits the parsed dict in place."""
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    change(manifest)
+    write_manifest(root, manifest)
+
+
 def write_tiny_bundle(root: Path, roles=ALL_ROLES, seed: int = 0, graphs: dict | None = None) -> dict:
     """Write a tiny bundle directory at `root` and return its manifest."""
     root.mkdir(parents=True, exist_ok=True)

@@ -1,23 +1,16 @@
 """Bundle loading: field validation, sha256 checks, confinement, graph contracts."""
 
-import json
 import os
 
 import numpy as np
 import onnx
 import pytest
-from runtime_bundles import ALL_ROLES, D, build_graphs, sha256_file, tiny_weights, write_manifest, write_tiny_bundle
+from runtime_bundles import ALL_ROLES, D, build_graphs, edit_manifest, sha256_file, tiny_weights, write_tiny_bundle
 
 from latent_onnx import BundleError, Pipeline, load_bundle
 from latent_onnx.bundle import BUNDLE_ENV, resolve_bundle_dir
 from latent_onnx.onnx_scan import uses_external_data
 from latent_onnx.priors import GaussianMixturePrior
-
-
-def _edit_manifest(root, change):
-    manifest = json.loads((root / "manifest.json").read_text())
-    change(manifest)
-    write_manifest(root, manifest)
 
 
 def test_loads_every_field(tiny_bundle):
@@ -75,7 +68,7 @@ def test_a_directory_without_manifest_is_refused(tmp_path):
     ],
 )
 def test_bad_manifest_fields_are_named(tiny_bundle, change, message):
-    _edit_manifest(tiny_bundle, change)
+    edit_manifest(tiny_bundle, change)
     with pytest.raises(BundleError, match=message):
         load_bundle(tiny_bundle)
 
@@ -109,7 +102,7 @@ def test_a_file_changed_after_loading_is_refused_when_read(tiny_bundle):
 
 @pytest.mark.parametrize("name", ["../outside.onnx", "/etc/passwd", "sub/../../x.onnx", "C:/x.onnx", "a\\b.onnx", ""])
 def test_file_names_that_could_leave_the_bundle_are_refused(tiny_bundle, name):
-    _edit_manifest(tiny_bundle, lambda m: m["graphs"]["encoder"].update(file=name))
+    edit_manifest(tiny_bundle, lambda m: m["graphs"]["encoder"].update(file=name))
     with pytest.raises(BundleError, match="graphs.encoder"):
         load_bundle(tiny_bundle)
 
@@ -128,7 +121,7 @@ def test_graphs_with_external_data_are_refused(tiny_bundle):
     onnx.save_model(model, str(tiny_bundle / "encoder.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
     assert uses_external_data((tiny_bundle / "encoder.onnx").read_bytes())
     assert not uses_external_data((tiny_bundle / "generator.onnx").read_bytes())
-    _edit_manifest(tiny_bundle, lambda m: m["graphs"]["encoder"].update(sha256=sha256_file(tiny_bundle / "encoder.onnx")))
+    edit_manifest(tiny_bundle, lambda m: m["graphs"]["encoder"].update(sha256=sha256_file(tiny_bundle / "encoder.onnx")))
     with pytest.raises(BundleError, match="external data"):
         load_bundle(tiny_bundle).graph_bytes("encoder")
 
@@ -143,7 +136,7 @@ def test_a_graph_that_breaks_its_contract_is_named(tmp_path):
 
 
 def test_a_graph_whose_dimension_disagrees_with_the_manifest_is_named(tiny_bundle):
-    _edit_manifest(tiny_bundle, lambda m: m["image"].update(height=8))
+    edit_manifest(tiny_bundle, lambda m: m["image"].update(height=8))
     pipe_error = pytest.raises(BundleError, match=r"graph generator: output 'image' axis 1 is 4, the manifest implies 8")
     with pipe_error:
         Pipeline.from_bundle(tiny_bundle, device="cpu")
@@ -154,13 +147,13 @@ def test_a_gaussian_mixture_prior_is_loaded_and_checked(tiny_bundle):
     arrays = {"weights": np.array([0.5, 0.5]), "means": rng.normal(size=(2, D)), "scale_tril": np.stack([np.eye(D)] * 2)}
     np.savez(tiny_bundle / "prior.npz", **arrays)
     prior = {"kind": "gaussian_mixture", "file": "prior.npz", "sha256": sha256_file(tiny_bundle / "prior.npz"), "components": 2}
-    _edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=prior))
+    edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=prior))
     bundle = load_bundle(tiny_bundle)
     assert isinstance(bundle.prior, GaussianMixturePrior) and bundle.prior.dim == D
 
     arrays["weights"] = np.array([0.5, 0.6])
     np.savez(tiny_bundle / "prior.npz", **arrays)
     prior["sha256"] = sha256_file(tiny_bundle / "prior.npz")
-    _edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=prior))
+    edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=prior))
     with pytest.raises(BundleError, match="sum to 1"):
         load_bundle(tiny_bundle)

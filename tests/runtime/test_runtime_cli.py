@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from runtime_bundles import edit_manifest
 from PIL import Image
 
 from latent_onnx.cli import cli
@@ -91,9 +92,7 @@ def _damage(bundle: Path, how: str):
     elif how == "missing":
         (bundle / "classes.txt").unlink()
     elif how == "outside":
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        manifest["graphs"]["generator"]["file"] = "../generator.onnx"
-        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        edit_manifest(bundle, lambda m: m["graphs"]["generator"].update(file="../generator.onnx"))
 
 
 BAD_INPUTS = [

@@ -1,11 +1,10 @@
 """The pipeline on a tiny bundle: conditions, reproducibility, batching, paths, threads."""
 
-import json
 import threading
 
 import numpy as np
 import pytest
-from runtime_bundles import D, H, K, T, W, sha256_file, write_manifest
+from runtime_bundles import D, H, K, T, W, edit_manifest, sha256_file
 from PIL import Image
 
 from latent_onnx import GenerateOptions, InputError, Pipeline, SamplerConfig, SGLDSampler
@@ -181,10 +180,7 @@ def test_cuda_absent_is_an_error_listing_the_providers():
 
 
 def test_bundle_clip_and_init_are_applied(tiny_bundle):
-    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    manifest["latent"]["clip"] = [-0.1, 0.2]
-    manifest["latent"]["init"] = {"kind": "gaussian", "mean": 5.0, "std": 0.01}
-    write_manifest(tiny_bundle, manifest)
+    edit_manifest(tiny_bundle, lambda m: m["latent"].update(clip=[-0.1, 0.2], init={"kind": "gaussian", "mean": 5.0, "std": 0.01}))
     pipe = Pipeline.from_bundle(tiny_bundle, device="cpu")
     result = pipe.generate(classes="sneaker", n=4, seed=0, steps=3)
     assert result.config.clip == (-0.1, 0.2)
@@ -194,11 +190,12 @@ def test_bundle_clip_and_init_are_applied(tiny_bundle):
 
 
 def test_a_preset_can_replace_the_bundle_clip(tiny_bundle):
-    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    manifest["latent"]["clip"] = [-0.1, 0.2]
-    manifest["presets"]["paper"]["clip"] = None
-    manifest["presets"]["wide"] = {"clip": [-3, 3]}
-    write_manifest(tiny_bundle, manifest)
+    def change(manifest):
+        manifest["latent"]["clip"] = [-0.1, 0.2]
+        manifest["presets"]["paper"]["clip"] = None
+        manifest["presets"]["wide"] = {"clip": [-3, 3]}
+
+    edit_manifest(tiny_bundle, change)
     pipe = Pipeline.from_bundle(tiny_bundle, device="cpu")
     assert pipe.sampler_config().clip == (-0.1, 0.2)
     assert pipe.sampler_config("paper").clip is None
@@ -209,10 +206,9 @@ def _with_mixture_prior(bundle_dir, means: np.ndarray, spread: float) -> None:
     arrays = {"weights": np.full(len(means), 1 / len(means)), "means": means,
               "scale_tril": np.stack([spread * np.eye(D)] * len(means))}
     np.savez(bundle_dir / "prior.npz", **arrays)
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    manifest["latent"]["prior"] = {"kind": "gaussian_mixture", "file": "prior.npz",
-                                   "sha256": sha256_file(bundle_dir / "prior.npz"), "components": len(means)}
-    write_manifest(bundle_dir, manifest)
+    prior = {"kind": "gaussian_mixture", "file": "prior.npz", "sha256": sha256_file(bundle_dir / "prior.npz"),
+             "components": len(means)}
+    edit_manifest(bundle_dir, lambda m: m["latent"].update(prior=prior))
 
 
 def test_a_conditioned_start_draws_components_by_their_likelihood(tiny_bundle):
