@@ -102,15 +102,18 @@ def caption_templates(colour: str, label: int) -> list[str]:
     return list(dict.fromkeys(captions))  # "a" and the article coincide for consonant colours
 
 
+def _every_caption() -> list[str]:
+    """The templates of every (colour, class) pair."""
+    return [caption for colour in COLOUR_NAMES for label in range(len(CLASS_NAMES))
+            for caption in caption_templates(colour, label)]
+
+
 def vocabulary() -> list[str]:
     """Every word of every caption, `<eos>` first (id 0), then sorted."""
-    words = {word for colour in COLOUR_NAMES for label in range(len(CLASS_NAMES))
-             for caption in caption_templates(colour, label) for word in caption.split()}
-    return ["<eos>"] + sorted(words)
+    return ["<eos>"] + sorted({word for caption in _every_caption() for word in caption.split()})
 
 
-MAX_TOKENS = 1 + max(len(caption.split()) for colour in COLOUR_NAMES for label in range(len(CLASS_NAMES))
-                     for caption in caption_templates(colour, label))
+MAX_TOKENS = 1 + max(len(caption.split()) for caption in _every_caption())
 
 
 def encode_caption(caption: str, vocab: list[str], max_tokens: int = MAX_TOKENS) -> tuple[np.ndarray, np.ndarray]:
