@@ -275,13 +275,10 @@ def run(sections, batches, latent_steps, composite_steps, threads, device, width
             say(f"  {results['precision']}")
     if "coldstart" in chosen:
         from bench.coldstart import cold_start
-        from latent_onnx import load_bundle
 
-        if (Path(default_bundle) / "manifest.json").is_file():
+        if default_pipe is not None:
             say("cold start ...")
-            bundle = load_bundle(default_bundle)
-            classes = "0"
-            runs = [cold_start(default_bundle, classes, bundle.sampler["steps"], threads, REPO) for _ in range(3)]
+            runs = [cold_start(default_bundle, "0", default_pipe.bundle.sampler["steps"], threads, REPO) for _ in range(3)]
             best = min(runs, key=lambda run: run.first_image_s)
             say(f"  first image after {best.first_image_s:.2f} s, peak RSS {best.peak_rss_mb:.0f} MiB")
             results["coldstart"] = {**best.to_dict(), "runs": [run.to_dict() for run in runs]}
