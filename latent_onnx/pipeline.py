@@ -20,7 +20,7 @@ from .conditioning import ClassIndex, GradientTarget, caption_tokens
 from .errors import InputError
 from .images import to_pixels
 from .priors import GaussianMixturePrior
-from .sampler import SamplerConfig, SGLDSampler
+from .sampler import SamplerConfig, SGLDSampler, check_int
 from .sessions import GraphRunner, SessionFactory
 
 PATH_ROLES = {"latent": "class_grad", "composite": "composite_class_grad"}  # class path -> its gradient graph
@@ -75,12 +75,6 @@ class GenerationResult:
     config: SamplerConfig  # the sampler settings actually used
     bundle_name: str
     pixels: np.ndarray = field(repr=False)  # uint8 [n, H, W, 3], the same images as an array
-
-
-def _check_int(name: str, value, low: int, high: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not low <= value <= high:
-        raise InputError(f"{name} must be an integer from {low} to {high}, not {value!r}")
-    return int(value)
 
 
 class Pipeline:
@@ -172,10 +166,10 @@ class Pipeline:
     def generate(self, options: GenerateOptions | None = None, **kwargs) -> GenerationResult:
         """Run SGLD chains and decode them; kwargs override fields of `options`."""
         options = replace(options or GenerateOptions(), **kwargs)
-        n = _check_int("n", options.n, 1, MAX_SAMPLES)
-        batch_size = _check_int("batch size", options.batch_size, 1, MAX_BATCH)
-        start = _check_int("start index", options.start_index, 0, 2**63 - 1)
-        seed = secrets.randbits(32) if options.seed is None else _check_int("seed", options.seed, 0, 2**63 - 1)
+        n = check_int("n", options.n, 1, MAX_SAMPLES)
+        batch_size = check_int("batch size", options.batch_size, 1, MAX_BATCH)
+        start = check_int("start index", options.start_index, 0, 2**63 - 1)
+        seed = secrets.randbits(32) if options.seed is None else check_int("seed", options.seed, 0, 2**63 - 1)
         options = replace(options, seed=seed)
         config = self.sampler_config(
             options.preset, **{key: getattr(options, key) for key in SAMPLER_KEYS}

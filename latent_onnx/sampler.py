@@ -33,9 +33,7 @@ class SamplerConfig:
     start: str = "init"
 
     def __post_init__(self):
-        steps = self.steps
-        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
-            raise InputError(f"steps must be an integer from 1 to {MAX_STEPS}, not {steps!r}")
+        check_int("steps", self.steps, 1, MAX_STEPS)
         _check_number("eps1", self.eps1, strict=True)
         _check_number("eps2", self.eps2, strict=False)
         _check_number("prior_weight", self.prior_weight, strict=False)
@@ -66,6 +64,13 @@ class SamplerConfig:
         data = asdict(self)
         data["clip"] = list(self.clip) if self.clip is not None else None
         return data
+
+
+def check_int(name: str, value, low: int, high: int) -> int:
+    """`value` as an int; InputError unless it is an integer (not a bool) from `low` to `high`."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not low <= value <= high:
+        raise InputError(f"{name} must be an integer from {low} to {high}, not {value!r}")
+    return int(value)
 
 
 def _check_number(name: str, value, strict: bool):
