@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export_tools.nets.deepsim import check_width, narrow
+from export_tools.nets.deepsim import check_width, layers_of, narrow
 
 CLASSES = 1000
 INPUT_SIZE = 227  # CaffeNet's input window; larger images are centre-cropped to it
@@ -45,10 +45,6 @@ def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, bet
     return x / (1.0 + alpha / size * window) ** beta
 
 
-def _layers_of(module: nn.Module, names: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
-    return {n: [getattr(module, n).weight, getattr(module, n).bias] for n in names}
-
-
 class CaffeNetEncoder(nn.Module):
     """image x [B, 3, h, w] float32 (BGR, mean-subtracted, 0-255; h, w >= 227) -> z [B, 4096/width] float32 >= 0.
 
@@ -66,7 +62,7 @@ class CaffeNetEncoder(nn.Module):
 
     def caffe_layers(self) -> dict[str, list[torch.Tensor]]:
         """Caffe layer name -> parameters in Caffe's blob order (weight, bias)."""
-        return _layers_of(self, tuple(n for n, *_ in _CONVOLUTIONS) + ("fc6",))
+        return layers_of(self, tuple(n for n, *_ in _CONVOLUTIONS) + ("fc6",))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top = (x.shape[-2] - INPUT_SIZE) // 2
@@ -92,7 +88,7 @@ class CaffeNetHead(nn.Module):
 
     def caffe_layers(self) -> dict[str, list[torch.Tensor]]:
         """Caffe layer name -> parameters in Caffe's blob order (weight, bias)."""
-        return _layers_of(self, ("fc7", "fc8"))
+        return layers_of(self, ("fc7", "fc8"))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.fc8(torch.relu(self.fc7(torch.relu(z))))

@@ -45,6 +45,11 @@ def check_width(width: int, net: str) -> None:
         raise ValueError(f"{net} width must be one of {TEST_WIDTHS}, got {width}")
 
 
+def layers_of(module: nn.Module, names) -> dict[str, list[torch.Tensor]]:
+    """Caffe layer name -> [weight, bias] of the submodule of that name, Caffe's blob order."""
+    return {n: [getattr(module, n).weight, getattr(module, n).bias] for n in names}
+
+
 def narrow(features: int, width: int) -> int:
     """`features` divided by the test width divisor; the 3 image channels are never narrowed."""
     return features if features == 3 else features // width
@@ -60,7 +65,6 @@ class DeePSiMGenerator(nn.Module):
     def __init__(self, width: int = 1) -> None:
         super().__init__()
         check_width(width, "DeePSiMGenerator")
-        self.width = width
         self.code_dim = CODE_DIM // width
         for name, fan_in, fan_out in _FULLY_CONNECTED:
             self.add_module(name, nn.Linear(narrow(fan_in, width), narrow(fan_out, width)))
@@ -71,8 +75,7 @@ class DeePSiMGenerator(nn.Module):
 
     def caffe_layers(self) -> dict[str, list[torch.Tensor]]:
         """Caffe layer name -> this module's parameters in Caffe's blob order (weight, bias)."""
-        names = [n for n, *_ in _FULLY_CONNECTED] + [n for n, *_ in _DECONVOLUTIONS]
-        return {n: [getattr(self, n).weight, getattr(self, n).bias] for n in names}
+        return layers_of(self, [n for n, *_ in _FULLY_CONNECTED] + [n for n, *_ in _DECONVOLUTIONS])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = z
