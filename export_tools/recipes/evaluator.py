@@ -123,7 +123,10 @@ class Judge:
         if not path.exists():
             raise RecipeError(f"no evaluator at {path}; train one: python -m export_tools.recipes.fashion "
                               f"train-evaluator --out {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # torch raises many types for a damaged file
+            raise RecipeError(f"cannot read evaluator {path} ({error}); train it again with train-evaluator") from None
         if not isinstance(state, dict) or state.get("kind") != "fashion-evaluator":
             raise RecipeError(f"{path} is not a fashion evaluator checkpoint; train one with train-evaluator")
         net = EvaluatorNet()
