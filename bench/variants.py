@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export_tools.quantize import int8_dynamic_model, matmul_weights_model
 from latent_onnx import SamplerConfig
+from latent_onnx.sessions import session_options
 
 _TINY = float(np.finfo(np.float32).tiny)
 
@@ -53,21 +54,8 @@ class StepProblem:
         return draws * np.float32(math.sqrt(self.config.eps2))
 
 
-def session_options(threads: int | None, spinning: bool = False) -> ort.SessionOptions:
-    """Session options as the runtime sets them (worker threads do not spin), or with spinning."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
 def open_session(model: onnx.ModelProto, threads: int | None, spinning: bool = False) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads, spinning),
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads, allow_spinning=spinning),
                                 providers=["CPUExecutionProvider"])
 
 

@@ -115,6 +115,22 @@ class GraphRunner:
         return dict(zip(self.output_names, results))
 
 
+def session_options(threads: int | None, allow_spinning: bool = False) -> ort.SessionOptions:
+    """The ONNX Runtime session options of every graph: all optimisations, sequential, errors-only logging."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only
+    # Worker threads sleep between runs instead of spinning: the sampler's NumPy work runs between
+    # graph runs, and spinning workers take its core (bench: 1.3-2.2x faster steps on 2 busy cores).
+    # allow_spinning=True (ONNX Runtime's own default) exists for the benchmark's comparison.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
 class SessionFactory:
     """Creates every session of a pipeline with one device choice and one thread setting."""
 
@@ -134,25 +150,12 @@ class SessionFactory:
         self._providers = [_CUDA, _CPU] if device in ("auto", "cuda") and _CUDA in available else [_CPU]
         self._lock = threading.Lock()
 
-    def _options(self) -> ort.SessionOptions:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3  # errors only
-        # Worker threads sleep between runs instead of spinning: the sampler's NumPy work runs between
-        # graph runs, and spinning workers take its core (bench: 1.3-2.2x faster steps on 2 busy cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-        return options
-
     def create(self, bundle: Bundle, role: str) -> GraphRunner:
         """A checked runner for one graph of the bundle, loaded from its verified bytes."""
         model = bundle.graph_bytes(role)
         with self._lock:  # one provider decision at a time (auto falls back to CPU once)
             try:
-                session = ort.InferenceSession(model, sess_options=self._options(), providers=self._providers)
+                session = ort.InferenceSession(model, sess_options=session_options(self.threads), providers=self._providers)
             except Exception as error:  # onnxruntime raises its own untyped errors
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise BundleError(f"bundle '{bundle.name}': ONNX Runtime cannot load graph {role}: {first_line}") from None
