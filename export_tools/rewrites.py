@@ -1,0 +1,145 @@
+"""Graph rewrites of weight products (an activation times a 2-d weight initializer), on onnx.ModelProto.
+
+- `share_transposed_weights`: MatMul(x, Transpose(W)) becomes Gemm(x, W, transB=1), so a weight that
+  the gradient graph uses forwards and backwards is held once. ONNX Runtime would otherwise fold
+  the Transpose into a second, transposed copy: twice the weight bytes in memory and in the caches.
+- `matmul_weights_model`: every weight product a MatMul(x, W) by an initializer (what ONNX Runtime's
+  quantiser recognises), transposed copies made where needed.
+- `normalise_rows`: each such MatMul runs on x / max|x| per row and rescales after, so that a
+  per-tensor dynamic quantisation of x gives every sample its own scale.
+
+Every rewrite returns a new model and keeps inputs, outputs and results (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+_TINY = np.float32(np.finfo(np.float32).tiny)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _replace_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _matrix_inputs(model: onnx.ModelProto) -> set[str]:
+    """Names of the values that shape inference proves to be 2-d (Gemm takes only matrices)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {v.name for v in values if v.type.tensor_type.HasField("shape") and len(v.type.tensor_type.shape.dim) == 2}
+
+
+def share_transposed_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with MatMul(x, W') -> Gemm(x, W, transB=1) for 2-d x, where W' is Transpose(W) of a 2-d
+    initializer W or an initializer equal to W.T (the exporter folds small ones itself); a Transpose
+    or initializer left without users is dropped."""
+    model = _copy(model)
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer if len(init.dims) == 2}
+    transposed = {n.output[0]: n.input[0] for n in graph.node
+                  if n.op_type == "Transpose" and n.input[0] in weights and _attributes(n).get("perm", [1, 0]) == [1, 0]}
+    by_shape: dict[tuple, list[str]] = {}
+    for name, init in weights.items():
+        by_shape.setdefault(tuple(init.dims), []).append(name)
+    product_weights = {n.input[1] for n in graph.node if n.op_type == "MatMul"} & set(weights)
+    for name in sorted(product_weights):
+        folded = numpy_helper.to_array(weights[name])
+        for other in by_shape.get(tuple(reversed(weights[name].dims)), []):
+            if other != name and other not in transposed and np.array_equal(numpy_helper.to_array(weights[other]).T, folded):
+                transposed[name] = other
+                break
+    if not transposed:
+        return model
+    matrices = _matrix_inputs(model)
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.input[1] in transposed and node.input[0] in matrices:
+            nodes.append(helper.make_node("Gemm", [node.input[0], transposed[node.input[1]]], list(node.output),
+                                          name=node.name, transB=1))
+        else:
+            nodes.append(node)
+    still_used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+    _replace_nodes(model, [n for n in nodes if not (n.op_type == "Transpose" and n.output[0] not in still_used)])
+    still_used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [init for init in graph.initializer if init.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
+
+
+def matmul_weights_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with every weight product a MatMul by an initializer: Transpose(W) of a 2-d initializer
+    folded into a transposed initializer, Gemm (alpha = beta = 1, no transA) split into MatMul (+ Add),
+    its transB folded the same way."""
+    model = _copy(model)
+    graph = model.graph
+    constants = {init.name: init for init in graph.initializer}
+
+    def transposed_initializer(name: str, new_name: str) -> str:
+        if new_name not in constants:
+            folded = numpy_helper.from_array(numpy_helper.to_array(constants[name]).T.copy(), new_name)
+            graph.initializer.append(folded)
+            constants[new_name] = folded
+        return new_name
+
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Transpose" and node.input[0] in constants and len(constants[node.input[0]].dims) == 2:
+            transposed_initializer(node.input[0], node.output[0])
+            continue
+        attributes = _attributes(node)
+        plain_gemm = node.op_type == "Gemm" and not attributes.get("transA") \
+            and attributes.get("alpha", 1.0) == 1.0 and attributes.get("beta", 1.0) == 1.0
+        if plain_gemm and node.input[1] in constants:
+            weight = node.input[1]
+            if attributes.get("transB"):
+                weight = transposed_initializer(weight, f"{weight}/transposed")
+            product = f"{node.output[0]}/matmul" if len(node.input) > 2 else node.output[0]
+            nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product]))
+            if len(node.input) > 2:
+                nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]]))
+            continue
+        nodes.append(node)
+    _replace_nodes(model, nodes)
+    used = {name for node in nodes for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
+
+
+def normalise_rows(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` (weight products already MatMuls, see matmul_weights_model) with each MatMul(x, W) of a
+    2-d x and an initializer W computed as MatMul(x / s, W) * s, s = max(max_k |x[b, k]|, tiny) [B, 1]."""
+    model = _copy(model)
+    constants = {init.name for init in model.graph.initializer}
+    matrices = _matrix_inputs(model)
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([1], np.int64), "rows/axis"),
+                                    numpy_helper.from_array(_TINY, "rows/tiny")])
+    make, nodes = helper.make_node, []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in constants and node.input[0] in matrices:
+            x, out = node.input[0], node.output[0]
+            nodes += [make("Abs", [x], [f"{out}/abs"]),
+                      make("ReduceMax", [f"{out}/abs", "rows/axis"], [f"{out}/row_max"], keepdims=1),
+                      make("Max", [f"{out}/row_max", "rows/tiny"], [f"{out}/row_scale"]),
+                      make("Div", [x, f"{out}/row_scale"], [f"{out}/normalised"]),
+                      make("MatMul", [f"{out}/normalised", node.input[1]], [f"{out}/normalised_product"]),
+                      make("Mul", [f"{out}/normalised_product", f"{out}/row_scale"], [out])]
+        else:
+            nodes.append(node)
+    _replace_nodes(model, nodes)
+    return model

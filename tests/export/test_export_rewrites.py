@@ -1,0 +1,100 @@
+"""Weight-product rewrites (export_tools.rewrites): same results, each weight held once, and int8
+activations scaled per row so a small sample next to large ones keeps its resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from torch import nn
+
+from export_tools.export import export_class_grad
+from export_tools.quantize import int8_dynamic_model
+from export_tools.rewrites import matmul_weights_model, normalise_rows, share_transposed_weights
+from export_tools.specs import GraphDims
+from tiny_networks import D, K
+
+RNG = np.random.default_rng(0)
+W = RNG.standard_normal((6, 5)).astype(np.float32)  # [N, K]: used as x @ W.T
+W_BACK = RNG.standard_normal((5, 7)).astype(np.float32)
+
+
+def _model(nodes, inputs, outputs, initializers) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _products_model(x_rank: int = 2) -> onnx.ModelProto:
+    """x [B, 5] (or [B, 3, 5]) -> (x @ W.T through Transpose, Gemm(x, W_back.T) + bias)."""
+    dims = ["B", 5] if x_rank == 2 else ["B", 3, 5]
+    nodes = [helper.make_node("Transpose", ["W"], ["W_t"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "W_t"], ["forward"])]
+    outputs = [helper.make_tensor_value_info("forward", TensorProto.FLOAT, [*dims[:-1], 6])]
+    initializers = [numpy_helper.from_array(W, "W")]
+    if x_rank == 2:
+        nodes.append(helper.make_node("Gemm", ["x", "W_back_t", "bias"], ["back"], transB=1))
+        outputs.append(helper.make_tensor_value_info("back", TensorProto.FLOAT, ["B", 7]))
+        initializers += [numpy_helper.from_array(W_BACK.T.copy(), "W_back_t"),
+                         numpy_helper.from_array(np.arange(7, dtype=np.float32), "bias")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], outputs, initializers)
+
+
+def test_share_transposed_weights_uses_gemm_trans_b_and_keeps_the_results():
+    model = _products_model()
+    shared = share_transposed_weights(model)
+    ops = [node.op_type for node in shared.graph.node]
+    assert "Transpose" not in ops and ops.count("Gemm") == 2
+    assert [i.name for i in shared.graph.initializer] == ["W", "W_back_t", "bias"]
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    for want, got in zip(_run(model, x=x), _run(shared, x=x)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_share_transposed_weights_leaves_batched_products_alone():
+    model = _products_model(x_rank=3)  # Gemm takes matrices only
+    assert [n.op_type for n in share_transposed_weights(model).graph.node] == ["Transpose", "MatMul"]
+
+
+def test_exported_gradient_graph_holds_each_weight_once(tmp_path):
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, K))
+    export_class_grad(head, GraphDims(latent_dim=D, num_classes=K), tmp_path / "class_grad.onnx")  # validated
+    model = onnx.load(tmp_path / "class_grad.onnx")
+    matrices = [numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) == 2]
+    assert sum(m.size for m in matrices) == sum(p.numel() for p in head.parameters() if p.ndim == 2)
+    assert not any(n.op_type == "Transpose" for n in model.graph.node)
+
+
+def test_matmul_weights_model_turns_every_weight_product_into_a_matmul():
+    model = share_transposed_weights(_products_model())
+    plain = matmul_weights_model(model)
+    constants = {i.name for i in plain.graph.initializer}
+    assert {n.op_type for n in plain.graph.node} == {"MatMul", "Add"}
+    assert all(n.input[1] in constants for n in plain.graph.node if n.op_type == "MatMul")
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    for want, got in zip(_run(model, x=x), _run(plain, x=x)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_gives_each_row_its_own_scale(tmp_path):
+    """Rows 1000x apart in size: per-tensor int8 rounds the small row to (nearly) nothing; per-row keeps it."""
+    model = matmul_weights_model(_products_model())
+    x = RNG.standard_normal((4, 5)).astype(np.float32) * np.array([[1.0], [1e-3], [1.0], [1e-4]], np.float32)
+    want = _run(model, x=x)[0]
+    np.testing.assert_allclose(_run(normalise_rows(model), x=x)[0], want, rtol=1e-4, atol=0)
+    int8 = _run(int8_dynamic_model(model), x=x)[0]
+    assert (np.linalg.norm(int8 - want, axis=1) / np.linalg.norm(want, axis=1)).max() < 0.05
+    quantize_dynamic(model, tmp_path / "per_tensor.onnx", weight_type=QuantType.QInt8, per_channel=True)
+    per_tensor = _run(onnx.load(tmp_path / "per_tensor.onnx"), x=x)[0]  # the scheme without normalise_rows
+    assert np.linalg.norm(per_tensor[3] - want[3]) / np.linalg.norm(want[3]) > 0.5
