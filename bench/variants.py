@@ -4,13 +4,14 @@ Each variant runs the same step (gradient graph, normalised gradient when the sa
 Gaussian prior term, noise, clip) and is timed per step at one batch size, noise drawing included:
 - `graph`, `graph-1thread`, `graph-spin`: the gradient graph alone under session options (as the
   runtime sets them; on one thread; with worker threads spinning between runs, ONNX Runtime's default);
+- `graph-unpacked`: weights not pre-packed (what the runtime runs a single large class_grad chain on);
 - `loop`, `loop-spin`: session.run per step and the update in NumPy (the runtime's loop without its
   checks), without and with spinning;
 - `iobinding`: that loop with the graph's inputs and outputs bound once to preallocated buffers;
 - `fused`: every step in one graph (an ONNX Loop around the gradient graph and the update);
-- `shared-weights-graph`: each weight held once (Gemm transB instead of a folded transposed copy);
 - `fp16-graph`: half-precision weights (x86 CPUs run fp16 MatMul without native support: slower);
-- `int8block-*`, `int8dyn-*`: int8 weights, as MatMulNBits blocks or by dynamic quantisation.
+- `int8block-*`, `int8-*`: int8 weights, as MatMulNBits blocks or as the exporter quantises them
+  (export_tools.quantize: dynamic quantisation of row-normalised products).
 `quality` compares each int8 gradient and chain with float32 from the same start and noise.
 """
 
@@ -26,7 +27,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from export_tools.quantize import int8_dynamic_model, matmul_weights_model
+from export_tools.quantize import int8_dynamic_model
+from export_tools.rewrites import matmul_weights_model
 from latent_onnx import SamplerConfig
 from latent_onnx.sessions import session_options
 
@@ -54,8 +56,8 @@ class StepProblem:
         return draws * np.float32(math.sqrt(self.config.eps2))
 
 
-def open_session(model: onnx.ModelProto, threads: int | None, spinning: bool = False) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads, allow_spinning=spinning),
+def open_session(model: onnx.ModelProto, threads: int | None, spinning: bool = False, prepack: bool = True) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads, allow_spinning=spinning, prepack=prepack),
                                 providers=["CPUExecutionProvider"])
 
 
@@ -178,27 +180,6 @@ def int8_block_model(class_grad: onnx.ModelProto, block_size: int = 32) -> onnx.
     return quantizer.model.model
 
 
-def shared_weights_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph with MatMul(x, Transpose(W)) replaced by Gemm(x, W, transB=1): each weight held (and read) once.
-
-    ONNX Runtime folds a Transpose of a weight into a second, transposed copy, so the exported graph
-    holds every weight twice; reading one copy forwards and backwards halves the working set.
-    """
-    model = onnx.ModelProto()
-    model.CopyFrom(class_grad)
-    constants = {init.name for init in model.graph.initializer}
-    transposed = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in constants}
-    nodes = []
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and node.input[1] in transposed:
-            nodes.append(helper.make_node("Gemm", [node.input[0], transposed[node.input[1]]], list(node.output), transB=1))
-        elif node.output[0] not in transposed:
-            nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
-
-
 def fp16_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:
     """Half-precision weights feeding the MatMuls (float32 inputs and outputs)."""
     model = matmul_weights_model(class_grad)
@@ -245,10 +226,10 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
         "loop": lambda: chain(fp32, run_plain),
         "iobinding": lambda: chain(fp32, run_iobinding),
         "fused": lambda: chain(open_session(fused_model(model, problem.config, problem.prior_std), threads), run_fused),
-        "shared-weights-graph": lambda: graph_only(open_session(shared_weights_model(model), threads)),
+        "graph-unpacked": lambda: graph_only(open_session(model, threads, prepack=False)),
         "fp16-graph": lambda: graph_only(open_session(fp16_model(model), threads)),
     }
-    for label, quantise in (("int8block", int8_block_model), ("int8dyn", int8_dynamic_model)):
+    for label, quantise in (("int8block", int8_block_model), ("int8", int8_dynamic_model)):
         quantised = quantise(model)
         candidates[f"{label}-graph"] = lambda q=quantised: graph_only(open_session(q, threads))
         candidates[f"{label}-loop"] = lambda q=quantised: chain(open_session(q, threads), run_plain)
@@ -281,7 +262,7 @@ def quality(problem: StepProblem, steps: int, threads: int | None) -> dict[str, 
     moved = np.linalg.norm(z32 - problem.z0, axis=1)
     end32 = fp32.run(["logp"], {"z": z32, "weights": problem.weights})[0]
     report = {}
-    for label, quantise in (("int8block", int8_block_model), ("int8dyn", int8_dynamic_model)):
+    for label, quantise in (("int8block", int8_block_model), ("int8", int8_dynamic_model)):
         session = open_session(quantise(problem.model), threads)
         logp8, grad8 = session.run(["logp", "grad"], feeds)
         cosine = np.sum(grad32 * grad8, axis=1) / (np.linalg.norm(grad32, axis=1) * np.linalg.norm(grad8, axis=1) + _TINY)

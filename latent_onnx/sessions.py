@@ -8,6 +8,7 @@ place; `GraphRunner` checks a graph's inputs and outputs against the contract of
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -52,13 +53,25 @@ def bundle_dims(bundle: Bundle) -> dict[str, int]:
     return dims
 
 
+# On the CPU, a single chain (batch 1) of a large class_grad runs faster on a second session that
+# does not pre-pack weights: matrix-vector products stream one copy of each weight, where the packed
+# session holds a forward and a backward packing of it (twice the bytes through the caches). bench:
+# 18-25% faster steps for the ImageNet-size MLP (167 MB packed vs 84 MB); batches of 2 and more are
+# 2x slower unpacked, and a small graph (fashion-colors, 0.7 MB) gains nothing, hence the threshold.
+SINGLE_ROW_ROLES = ("class_grad",)
+SINGLE_ROW_MIN_BYTES = 32 * 2**20
+
+
 class GraphRunner:
     """A session for one role; `run(**feeds)` checks the feeds and returns {output name: array}.
 
-    Safe to call from several threads (ONNX Runtime's `run` is).
+    `open_single_row`, when given, opens the session that batch-1 runs use instead (see
+    SINGLE_ROW_ROLES); it is opened on the first such run. Safe to call from several threads
+    (ONNX Runtime's `run` is).
     """
 
-    def __init__(self, role: str, session: ort.InferenceSession, dims: dict[str, int], bundle_name: str):
+    def __init__(self, role: str, session: ort.InferenceSession, dims: dict[str, int], bundle_name: str,
+                 open_single_row: Callable[[], ort.InferenceSession] | None = None):
         self.role = role
         self.session = session
         self.dims = dims
@@ -67,6 +80,18 @@ class GraphRunner:
         self._check_signature("input", session.get_inputs(), self.inputs)
         self._check_signature("output", session.get_outputs(), self.outputs)
         self.output_names = [name for name, _, _ in self.outputs]
+        self._open_single_row = open_single_row
+        self._single_row: ort.InferenceSession | None = None
+        self._lock = threading.Lock()
+
+    def session_for(self, batch: int) -> ort.InferenceSession:
+        """The session that runs a batch of `batch` rows."""
+        if batch != 1 or self._open_single_row is None:
+            return self.session
+        with self._lock:
+            if self._single_row is None:
+                self._single_row = self._open_single_row()
+            return self._single_row
 
     @property
     def provider(self) -> str:
@@ -111,12 +136,13 @@ class GraphRunner:
             batch = array.shape[0] if batch is None else batch
             if array.shape[0] != batch or any(have != want for have, want in zip(array.shape[1:], wanted[1:])):
                 raise InputError(f"graph {self.role}: input '{name}' has shape {list(array.shape)}, expected {[batch, *wanted[1:]]}")
-        results = self.session.run(self.output_names, feeds)
+        results = self.session_for(batch).run(self.output_names, feeds)
         return dict(zip(self.output_names, results))
 
 
-def session_options(threads: int | None, allow_spinning: bool = False) -> ort.SessionOptions:
-    """The ONNX Runtime session options of every graph: all optimisations, sequential, errors-only logging."""
+def session_options(threads: int | None, allow_spinning: bool = False, prepack: bool = True) -> ort.SessionOptions:
+    """The ONNX Runtime session options of every graph: all optimisations, sequential, errors-only logging
+    (`prepack=False` only for the single-row sessions, see SINGLE_ROW_ROLES)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -125,6 +151,8 @@ def session_options(threads: int | None, allow_spinning: bool = False) -> ort.Se
     # graph runs, and spinning workers take its core (bench: 1.3-2.2x faster steps on 2 busy cores).
     # allow_spinning=True (ONNX Runtime's own default) exists for the benchmark's comparison.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -154,11 +182,7 @@ class SessionFactory:
         """A checked runner for one graph of the bundle, loaded from its verified bytes."""
         model = bundle.graph_bytes(role)
         with self._lock:  # one provider decision at a time (auto falls back to CPU once)
-            try:
-                session = ort.InferenceSession(model, sess_options=session_options(self.threads), providers=self._providers)
-            except Exception as error:  # onnxruntime raises its own untyped errors
-                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise BundleError(f"bundle '{bundle.name}': ONNX Runtime cannot load graph {role}: {first_line}") from None
+            session = self._open(bundle, role, model, self._providers, session_options(self.threads))
             if self._providers[0] == _CUDA and session.get_providers()[0] != _CUDA:
                 if self.device == "cuda":
                     raise DeviceError(
@@ -166,4 +190,16 @@ class SessionFactory:
                         f" {', '.join(session.get_providers())}); check the CUDA/cuDNN install or use --device cpu"
                     )
                 self._providers = [_CPU]
-        return GraphRunner(role, session, bundle_dims(bundle), bundle.name)
+        open_single_row = None
+        if role in SINGLE_ROW_ROLES and len(model) >= SINGLE_ROW_MIN_BYTES and session.get_providers()[0] == _CPU:
+            options = session_options(self.threads, prepack=False)
+            open_single_row = lambda: self._open(bundle, role, model, [_CPU], options)  # noqa: E731
+        return GraphRunner(role, session, bundle_dims(bundle), bundle.name, open_single_row)
+
+    @staticmethod
+    def _open(bundle: Bundle, role: str, model: bytes, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(model, sess_options=options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own untyped errors
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise BundleError(f"bundle '{bundle.name}': ONNX Runtime cannot load graph {role}: {first_line}") from None

@@ -236,3 +236,27 @@ def test_a_conditioned_start_needs_a_mixture_prior(tiny_pipeline):
         tiny_pipeline.generate(classes="sneaker", n=1, seed=0, start="conditioned")
     with pytest.raises(InputError, match="start must be one of init, conditioned"):
         tiny_pipeline.generate(classes="sneaker", n=1, seed=0, start="anywhere")
+
+
+def test_a_large_class_grad_runs_single_chains_on_an_unpacked_session(tiny_bundle_template, monkeypatch):
+    import latent_onnx.sessions as sessions
+
+    monkeypatch.setattr(sessions, "SINGLE_ROW_MIN_BYTES", 0)  # the tiny graph counts as large
+    pipe = Pipeline.from_bundle(tiny_bundle_template, device="cpu", threads=1)
+    runner = pipe.runner("class_grad")
+    single, batched = runner.session_for(1), runner.session_for(2)
+    assert single is not batched and runner.session_for(1) is single and runner.session_for(3) is batched
+    assert single.get_session_options().get_session_config_entry("session.disable_prepacking") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # prepacking is left on
+        batched.get_session_options().get_session_config_entry("session.disable_prepacking")
+    z = np.random.default_rng(0).standard_normal((2, D)).astype(np.float32)
+    weights = np.eye(K, dtype=np.float32)[[0, 1]]
+    together = runner.run(z=z, weights=weights)
+    alone = runner.run(z=z[1:], weights=weights[1:])
+    np.testing.assert_allclose(alone["grad"], together["grad"][1:], rtol=1e-5, atol=1e-6)
+    assert pipe.runner("generator").session_for(1) is pipe.runner("generator").session  # other roles: one session
+
+
+def test_a_small_class_grad_keeps_one_session(tiny_pipeline):
+    runner = tiny_pipeline.runner("class_grad")
+    assert runner.session_for(1) is runner.session_for(4) is runner.session
