@@ -119,6 +119,47 @@ def graph_cost(model: onnx.ModelProto) -> GraphCost:
     return GraphCost(weight_bytes, flops)
 
 
+def products_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The weight products of `model` alone: for each MatMul/Gemm by a 2-d initializer (as graph_cost
+    counts them), an input x_i [B, K_i] and an output y_i, through the same node type, weight and transB.
+
+    Run once, it does the products one after another, with the same weights in the same layout (a
+    weight used forwards and backwards is still one initializer), and nothing else.
+    """
+    constants = {init.name: init for init in model.graph.initializer if len(init.dims) == 2}
+    nodes, inputs, outputs, used = [], [], [], {}
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or node.input[1] not in constants:
+            continue
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rows, columns = constants[node.input[1]].dims
+        k, n = (columns, rows) if attributes.get("transB") else (rows, columns)
+        x, y = f"x{len(nodes)}", f"y{len(nodes)}"
+        nodes.append(helper.make_node(node.op_type, [x, node.input[1]], [y], **{
+            key: value for key, value in attributes.items() if key == "transB"}))
+        inputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["B", k]))
+        outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, ["B", n]))
+        used[node.input[1]] = constants[node.input[1]]
+    products = helper.make_model(helper.make_graph(nodes, "weight_products", inputs, outputs, list(used.values())),
+                                 opset_imports=[helper.make_opsetid("", 18)])
+    products.ir_version = 9
+    return products
+
+
+def products_seconds(model: onnx.ModelProto, batch: int, threads: int | None, prepack: bool, repeats: int = 5) -> float:
+    """Best seconds of running the weight products of `model` alone (products_model) on `batch` rows,
+    under the runtime's session options (`prepack` as the runtime's session for that batch has it)."""
+    from latent_onnx.sessions import session_options
+
+    products = products_model(model)
+    session = ort.InferenceSession(products.SerializeToString(), session_options(threads, prepack=prepack),
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.standard_normal((batch, i.type.tensor_type.shape.dim[1].dim_value), dtype=np.float32)
+             for i in products.graph.input}
+    return best_seconds(lambda: session.run(None, feeds), repeats)
+
+
 def best_bounds(first: MachineBounds, second: MachineBounds) -> MachineBounds:
     """The higher of two measurements of each bound (a shared machine only ever slows a measurement down)."""
     return MachineBounds(max(first.read_bandwidth_gbs, second.read_bandwidth_gbs),

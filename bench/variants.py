@@ -206,7 +206,8 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
     """variant name -> {"step_s": best seconds per step, or "error": why it cannot run}; noise drawing included.
 
     The variants take turns (`rounds` rounds of `steps` steps each, after a one-step warm-up), so
-    a change in the machine's load falls on all of them alike.
+    a change in the machine's load falls on all of them alike; the two with spinning workers take
+    their turns after the rest.
     """
     model = problem.model
     fp32 = open_session(model, threads)
@@ -221,8 +222,6 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
     candidates = {
         "graph": lambda: graph_only(fp32),
         "graph-1thread": lambda: graph_only(open_session(model, 1)),
-        "graph-spin": lambda: graph_only(open_session(model, threads, spinning=True)),
-        "loop-spin": lambda: chain(open_session(model, threads, spinning=True), run_plain),
         "loop": lambda: chain(fp32, run_plain),
         "iobinding": lambda: chain(fp32, run_iobinding),
         "fused": lambda: chain(open_session(fused_model(model, problem.config, problem.prior_std), threads), run_fused),
@@ -235,6 +234,18 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
         candidates[f"{label}-loop"] = lambda q=quantised: chain(open_session(q, threads), run_plain)
         candidates[f"{label}-fused"] = lambda q=quantised: chain(
             open_session(fused_model(q, problem.config, problem.prior_std), threads), run_fused)
+    spinning = {  # timed after the others: workers that spin after a run take the cores of whatever runs next
+        "graph-spin": lambda: graph_only(open_session(model, threads, spinning=True)),
+        "loop-spin": lambda: chain(open_session(model, threads, spinning=True), run_plain),
+    }
+    results = {}
+    for group in (candidates, spinning):
+        results.update(_time_in_turns(group, steps, rounds))
+    return results
+
+
+def _time_in_turns(candidates: dict, steps: int, rounds: int) -> dict[str, dict]:
+    """name -> {"step_s"} or {"error"}: each candidate made and warmed up, then `rounds` rounds in turn."""
     results, runs = {}, {}
     for name, make in candidates.items():
         try:

@@ -38,7 +38,7 @@ from latent_onnx.sampler import SamplerConfig
 FORMAT = "latent-onnx-bundle"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-PRECISIONS = ("float32", "int8")  # BundleSpec.class_grad_precision
+PRECISIONS = ("float32", "int8", "auto")  # BundleSpec.class_grad_precision
 
 # Sampler defaults written when a BundleSpec leaves a key out: the runtime's own (latent_onnx.SamplerConfig).
 DEFAULT_SAMPLER = {key: value for key, value in SamplerConfig().to_dict().items() if key != "clip"}
@@ -68,7 +68,8 @@ class BundleSpec:
     sampler: dict = field(default_factory=dict)  # overrides of DEFAULT_SAMPLER
     presets: dict[str, dict] = field(default_factory=dict)  # preset name -> partial sampler overrides, may set "clip"
     provenance: dict = field(default_factory=dict)  # free-form; "created", "torch", "validation" (and "precision") are added
-    class_grad_precision: str = "float32"  # "int8": class_grad weights quantised (export_tools.quantize), same contract
+    class_grad_precision: str = "float32"  # "int8": class_grad weights quantised (export_tools.quantize), same contract;
+    # "auto": int8 when the quantised graph passes its check against float32, else float32 (said, and recorded)
 
 
 @dataclass(frozen=True)
@@ -164,12 +165,18 @@ def _quantize_graphs(spec: BundleSpec, staging: Path, say: Callable[[str], None]
     if spec.class_grad_precision == "float32":
         return {}
     say("quantising class_grad to int8 weights ...")
-    figures = quantize_int8(staging / "class_grad.onnx", staging / "class_grad.onnx", "class_grad", _dims(spec),
-                            latent_sampler=_latent_sampler(spec))
+    try:
+        figures = quantize_int8(staging / "class_grad.onnx", staging / "class_grad.onnx", "class_grad", _dims(spec),
+                                latent_sampler=_latent_sampler(spec))
+    except ExportError as exc:
+        if spec.class_grad_precision == "int8":
+            raise
+        say(f"class_grad: kept float32 weights, int8 did not pass its check: {exc}")
+        return {"class_grad": {"weights": "float32", "int8_refused": str(exc)}}
     say(f"class_grad: int8 against float32, gradient cosine median {figures['grad_cosine_median']:.4f} "
         f"min {figures['grad_cosine_min']:.4f}, logp relative error {figures['logp_relative_error']:.2g}")
-    return {"class_grad": {"weights": "int8", "method": "onnxruntime dynamic quantisation, per-channel weights",
-                           **figures}}
+    return {"class_grad": {"weights": "int8", "method": "onnxruntime dynamic quantisation of row-normalised products,"
+                                                        " per-channel weights", **figures}}
 
 
 def _file_entry(directory: Path, name: str, data: bytes) -> dict:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from export_tools import ExportError
+from export_tools.bundle_writer import PRECISIONS
 from export_tools.convert.download import REGISTRY, download_published
 from export_tools.convert.imagenet_bundle import ImageNetOptions, ImageNetSources, write_imagenet_bundle
 
@@ -82,8 +83,9 @@ def download(files: tuple[str, ...], cache: Path, pins: tuple[str, ...], list_on
 @click.option("--clip/--no-clip", default=True, help="clip z to [0, 30] after every step, as PPGN does [default: clip]")
 @click.option("--composite", is_flag=True, help="also export the slow composite path (generator + CaffeNet) for comparison")
 @click.option("--no-encoder", is_flag=True, help="leave out the encoder graph (no --init-image)")
-@click.option("--int8", is_flag=True,
-              help="int8 class_grad weights: 3-4x faster latent steps on CPUs, checked against float32 on the way")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=ImageNetOptions.class_grad_precision, show_default=True,
+              help="class_grad weights: int8 (3-4x faster latent steps on CPUs, checked against float32 on the way),"
+                   " float32, or auto (int8 when it passes that check, else float32)")
 @click.option("--name", default=ImageNetOptions.name, show_default=True, help="bundle name")
 @click.option("--max-tokens", type=click.IntRange(2, 64), default=ImageNetOptions.max_tokens, show_default=True,
               help="longest caption, in words + <eos>")
@@ -91,7 +93,7 @@ def download(files: tuple[str, ...], cache: Path, pins: tuple[str, ...], list_on
 @click.option("--width", type=int, default=1, hidden=True, help="network width divisor, for tests")
 def convert(out: Path, cache: Path, generator: Path | None, classifier: Path | None, captioner: Path | None,
             vocabulary: Path | None, labels: Path | None, crop: bool, clip: bool, composite: bool, no_encoder: bool,
-            int8: bool, name: str, max_tokens: int, overwrite: bool, width: int) -> None:
+            precision: str, name: str, max_tokens: int, overwrite: bool, width: int) -> None:
     """Convert the weights into a bundle at OUT.
 
     Every graph is validated against PyTorch; nothing is left at OUT if anything fails.
@@ -108,6 +110,6 @@ def convert(out: Path, cache: Path, generator: Path | None, classifier: Path | N
     sources = ImageNetSources(generator, classifier, captioner, vocabulary, labels)
     options = ImageNetOptions(name=name, crop=crop, clip=ImageNetOptions.clip if clip else None,
                               encoder=not no_encoder, composite=composite, max_tokens=max_tokens, width=width,
-                              class_grad_precision="int8" if int8 else "float32")
+                              class_grad_precision=precision)
     write_imagenet_bundle(out, sources, options, overwrite=overwrite, progress=lambda line: _console.print(line))
     _console.print(f"try: latent-onnx generate --bundle {out} --class goldfinch")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from bench.__main__ import main
 from bench.imagenet import ensure_bundle
-from bench.machine import graph_cost
+from bench.machine import graph_cost, products_model, products_seconds
 from bench.variants import (
     StepProblem, fused_model, int8_block_model, int8_dynamic_model, open_session, run_fused, run_iobinding, run_plain,
 )
@@ -47,6 +47,22 @@ def test_graph_cost_counts_each_weight_use(problem):
     weights = D * D + D * K  # fc7 and fc8, read in the forward and again in the backward pass
     assert cost.weight_bytes == 2 * 4 * weights
     assert cost.flops_per_sample == 2 * 2 * weights
+
+
+def test_weight_products_alone_are_the_graphs_products_on_its_weights(problem):
+    products = products_model(problem.model)
+    onnx.checker.check_model(products)
+    assert graph_cost(products) == graph_cost(problem.model)  # the same weights, read as often, same FLOPs
+    assert len(products.graph.initializer) == 2  # fc7 and fc8, each held once
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in products.graph.initializer}
+    session = open_session(products, 1)
+    feeds = {i.name: np.random.default_rng(0).standard_normal((2, i.type.tensor_type.shape.dim[1].dim_value), dtype=np.float32)
+             for i in products.graph.input}
+    for node, got in zip(products.graph.node, session.run(None, feeds)):
+        weight = weights[node.input[1]]
+        transposed = any(a.name == "transB" and a.i for a in node.attribute)
+        np.testing.assert_allclose(got, feeds[node.input[0]] @ (weight.T if transposed else weight), rtol=1e-4, atol=1e-4)
+    assert products_seconds(problem.model, 2, 1, prepack=True) > 0
 
 
 def test_fused_loop_and_io_binding_match_the_step_loop(problem):

@@ -103,8 +103,27 @@ def test_a_bundle_asking_for_int8_of_such_a_network_is_not_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_auto_precision_keeps_float32_when_int8_fails_and_records_why(tmp_path):
+    torch.manual_seed(0)
+    lines = []
+    spec = generator_only_spec(head=CancellingHead(), classes=CLASSES, class_grad_precision="auto")
+    report = write_bundle(tmp_path / "bundle", spec, progress=lines.append)
+    assert not any(n.op_type == "MatMulInteger" for n in onnx.load(report.path / "class_grad.onnx").graph.node)
+    recorded = report.manifest["provenance"]["precision"]["class_grad"]
+    assert recorded["weights"] == "float32" and "median gradient cosine" in recorded["int8_refused"]
+    assert any(line.startswith("class_grad: kept float32 weights, int8 did not pass its check") for line in lines)
+    assert Pipeline.from_bundle(report.path, device="cpu").generate(classes="sneaker", n=1, seed=0, steps=2).z.shape == (1, D)
+
+
+def test_auto_precision_takes_int8_when_it_passes(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, K))
+    report = write_bundle(tmp_path / "bundle", generator_only_spec(head=net, classes=CLASSES, class_grad_precision="auto"))
+    assert report.manifest["provenance"]["precision"]["class_grad"]["weights"] == "int8"
+
+
 @pytest.mark.parametrize("changes, message", [
-    (dict(class_grad_precision="int4"), r"class_grad_precision must be one of \('float32', 'int8'\)"),
+    (dict(class_grad_precision="int4"), r"class_grad_precision must be one of \('float32', 'int8', 'auto'\)"),
     (dict(class_grad_precision="int8"), "needs a head"),
 ])
 def test_bad_precision_options_are_refused(tmp_path, changes, message):

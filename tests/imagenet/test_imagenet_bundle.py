@@ -136,7 +136,7 @@ def test_int8_conversion_quantises_class_grad_and_generates(reference, tmp_path)
     _, files, _ = reference
     bundle = tmp_path / "int8"
     _run(export_main, ["imagenet", "convert", str(bundle), "--generator", str(files["generator"]), "--classifier",
-                       str(files["classifier"]), "--no-encoder", "--int8", "--width", str(WIDTH)])
+                       str(files["classifier"]), "--no-encoder", "--precision", "int8", "--width", str(WIDTH)])
     precision = json.loads((bundle / "manifest.json").read_text())["provenance"]["precision"]["class_grad"]
     assert precision["weights"] == "int8" and precision["grad_cosine_median"] >= 0.99
     assert "MatMulInteger" in {node.op_type for node in onnx.load(bundle / "class_grad.onnx").graph.node}
