@@ -7,7 +7,8 @@ One function per graph role (`export_generator`, `export_classifier`, `export_cl
 Gradient graphs come from PyTorch autograd: `torch.func.grad` of the log-density is traced with
 `make_fx` (parameters passed as inputs through `functional_call`), wrapped in a module that holds
 the parameters as buffers, and exported with the dynamo exporter and a dynamic batch axis; a weight
-used forwards and backwards is then held once (`rewrites.share_transposed_weights`).
+used forwards and backwards is then held once (`rewrites.share_transposed_weights`) and the ReLU
+backward becomes a multiplication by a mask (`rewrites.multiply_by_masks`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from export_tools import ExportError, first_line
 from export_tools.conventions import PixelConvention
-from export_tools.rewrites import share_transposed_weights
+from export_tools.rewrites import multiply_by_masks, share_transposed_weights
 from export_tools.specs import IR_VERSION, SPECS, GraphDims, GraphSpec, LatentSampler
 from export_tools.validate import Reference, validate_graph
 
@@ -248,8 +249,8 @@ def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Pa
             )
             program.model.ir_version = IR_VERSION  # the graphs use no IR 10 feature (4-bit types, overloads)
             program.save(tmp, external_data=False)
-        if spec.gradient:  # forwards and backwards through the same weights: hold each once
-            onnx.save(share_transposed_weights(onnx.load(tmp)), tmp)
+        if spec.gradient:  # each weight held once; ReLU backward as a multiplication by a mask
+            onnx.save(multiply_by_masks(share_transposed_weights(onnx.load(tmp))), tmp)
     except Exception as exc:  # the exporter raises many types; report one line with the role
         tmp.unlink(missing_ok=True)
         root = exc

@@ -7,6 +7,8 @@
   quantiser recognises), transposed copies made where needed.
 - `normalise_rows`: each such MatMul runs on x / max|x| per row and rescales after, so that a
   per-tensor dynamic quantisation of x gives every sample its own scale.
+- `multiply_by_masks`: Where(c, 0, g), autograd's ReLU backward, becomes g * float(not c), which
+  ONNX Runtime's CPU kernels run about 10x faster (Where with a broadcast scalar is single-threaded).
 
 Every rewrite returns a new model and keeps inputs, outputs and results (up to float rounding).
 """
@@ -142,4 +144,35 @@ def normalise_rows(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             nodes.append(node)
     _replace_nodes(model, nodes)
+    return model
+
+
+def multiply_by_masks(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with Where(c, 0, g) of a float32 g and a zero scalar constant computed as Mul(g, Cast(keep)),
+    keep = Greater(a, b) when c is LessOrEqual(a, b), else Not(c); a comparison left unused is dropped.
+
+    Equal results for finite g (0 * g = 0 up to the sign of zero)."""
+    model = _copy(model)
+    graph = model.graph
+    zeros = {init.name for init in graph.initializer
+             if int(np.prod(init.dims)) == 1 and not numpy_helper.to_array(init).any()}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {v.name for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    comparisons = {n.output[0]: n for n in graph.node if n.op_type == "LessOrEqual"}
+    make, nodes = helper.make_node, []
+    for node in graph.node:
+        if node.op_type == "Where" and node.input[1] in zeros and node.input[2] in floats:
+            (condition, _, gradient), out = node.input, node.output[0]
+            keep = f"{out}/keep"
+            if condition in comparisons:
+                nodes.append(make("Greater", list(comparisons[condition].input), [keep]))
+            else:
+                nodes.append(make("Not", [condition], [keep]))
+            nodes += [make("Cast", [keep], [f"{out}/mask"], to=onnx.TensorProto.FLOAT),
+                      make("Mul", [gradient, f"{out}/mask"], [out])]
+        else:
+            nodes.append(node)
+    used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+    _replace_nodes(model, [n for n in nodes if not (n.op_type == "LessOrEqual" and n.output[0] not in used)])
     return model

@@ -1,5 +1,5 @@
-"""Weight-product rewrites (export_tools.rewrites): same results, each weight held once, and int8
-activations scaled per row so a small sample next to large ones keeps its resolution."""
+"""Graph rewrites (export_tools.rewrites): same results, each weight held once, ReLU backward as a
+mask product, and int8 activations scaled per row so a small sample next to large ones keeps its resolution."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from export_tools.export import export_class_grad
 from export_tools.quantize import int8_dynamic_model
-from export_tools.rewrites import matmul_weights_model, normalise_rows, share_transposed_weights
+from export_tools.rewrites import matmul_weights_model, multiply_by_masks, normalise_rows, share_transposed_weights
 from export_tools.specs import GraphDims
 from tiny_networks import D, K
 
@@ -73,7 +73,22 @@ def test_exported_gradient_graph_holds_each_weight_once(tmp_path):
     model = onnx.load(tmp_path / "class_grad.onnx")
     matrices = [numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) == 2]
     assert sum(m.size for m in matrices) == sum(p.numel() for p in head.parameters() if p.ndim == 2)
-    assert not any(n.op_type == "Transpose" for n in model.graph.node)
+    assert not any(n.op_type in ("Transpose", "Where") for n in model.graph.node)
+
+
+def test_multiply_by_masks_replaces_where_with_the_same_results():
+    """Where(a <= 0, 0, g) (autograd's ReLU backward) and Where(c, 0, g) of any other condition."""
+    nodes = [helper.make_node("LessOrEqual", ["a", "zero"], ["le"]), helper.make_node("Where", ["le", "zero", "g"], ["y"]),
+             helper.make_node("Where", ["c", "zero", "g"], ["y2"])]
+    matrix = lambda name, kind=TensorProto.FLOAT: helper.make_tensor_value_info(name, kind, ["B", 5])  # noqa: E731
+    model = _model(nodes, [matrix("a"), matrix("g"), matrix("c", TensorProto.BOOL)], [matrix("y"), matrix("y2")],
+                   [numpy_helper.from_array(np.float32(0), "zero")])
+    masked = multiply_by_masks(model)
+    assert sorted(n.op_type for n in masked.graph.node) == ["Cast", "Cast", "Greater", "Mul", "Mul", "Not"]
+    a = np.maximum(RNG.standard_normal((4, 5)), 0).astype(np.float32)  # a ReLU output: many exact zeros
+    feeds = dict(a=a, g=RNG.standard_normal((4, 5)).astype(np.float32), c=RNG.random((4, 5)) < 0.5)
+    for want, got in zip(_run(model, **feeds), _run(masked, **feeds)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_matmul_weights_model_turns_every_weight_product_into_a_matmul():
