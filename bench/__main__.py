@@ -26,7 +26,7 @@ import click
 import numpy as np
 import onnx
 
-from bench.machine import GraphCost, MachineBounds, best_bounds, graph_cost, measure_machine, products_seconds
+from bench.machine import GraphCost, MachineBounds, best_bounds, graph_cost, measure_machine
 from bench.report import write_results
 
 SECTIONS = ("imagenet", "default", "eager", "variants", "precision", "coldstart")
@@ -81,14 +81,7 @@ def time_bundle(pipe, batches, latent_steps: int, composite_steps: int, say) -> 
             ratios.append({"batch": batch, **{
                 f"{kind}_ratio{suffix}": by_path["composite"][f"{kind}_s"] / by_path[latent][f"{kind}_s"]
                 for kind in ("step", "image") for latent, suffix in (("latent", ""), ("latent-int8", "_int8"))}})
-    class_grad = onnx.load_from_string(pipe.bundle.graph_bytes("class_grad"))
-    runner = pipe.runner("class_grad")
-    if runner.provider == "CPUExecutionProvider":
-        for timing in timings:
-            if timing["path"] == "latent":
-                prepack = runner.session_for(timing["batch"]) is runner.session
-                timing["products_s"] = products_seconds(class_grad, timing["batch"], pipe.factory.threads, prepack)
-    cost = graph_cost(class_grad)
+    cost = graph_cost(onnx.load_from_string(pipe.bundle.graph_bytes("class_grad")))
     return {"bundle": pipe.bundle.name, "provider": pipe.runner("class_grad").provider, "latent_dim": pipe.bundle.latent_dim,
             "default_steps": pipe.sampler_config().steps, "class": classes, "timings": timings, "ratios": ratios, "latent_cost": dataclasses.asdict(cost)}
 

@@ -146,20 +146,6 @@ def products_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return products
 
 
-def products_seconds(model: onnx.ModelProto, batch: int, threads: int | None, prepack: bool, repeats: int = 5) -> float:
-    """Best seconds of running the weight products of `model` alone (products_model) on `batch` rows,
-    under the runtime's session options (`prepack` as the runtime's session for that batch has it)."""
-    from latent_onnx.sessions import session_options
-
-    products = products_model(model)
-    session = ort.InferenceSession(products.SerializeToString(), session_options(threads, prepack=prepack),
-                                   providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = {i.name: rng.standard_normal((batch, i.type.tensor_type.shape.dim[1].dim_value), dtype=np.float32)
-             for i in products.graph.input}
-    return best_seconds(lambda: session.run(None, feeds), repeats)
-
-
 def best_bounds(first: MachineBounds, second: MachineBounds) -> MachineBounds:
     """The higher of two measurements of each bound (a shared machine only ever slows a measurement down)."""
     return MachineBounds(max(first.read_bandwidth_gbs, second.read_bandwidth_gbs),

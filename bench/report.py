@@ -48,18 +48,14 @@ def _bundle_tables(title: str, section: dict) -> list[str]:
         for label in ("latent", "latent-int8"):
             t = by[(label, batch)]
             if "bound_s" in t:
-                products = t.get("products_s")
                 rows.append([str(batch), label, _ms(t["step_s"]), _ms(t["graph_s"]), _ms(t["bound_s"]),
-                             _pct(t["step_fraction_of_bound"]), _pct(t["graph_fraction_of_bound"]),
-                             _ms(products) if products else "-", _pct(products / t["step_s"]) if products else "-"])
+                             _pct(t["step_fraction_of_bound"]), _pct(t["graph_fraction_of_bound"])])
     if rows:
         cost = section["latent_cost"]
         lines += [f"Latent step against the machine (class_grad reads {cost['weight_bytes'] / 1e6:.1f} MB of weights and does "
                   f"{cost['flops_per_sample'] / 1e6:.1f} MFLOP per sample per step):", ""]
         lines += _table(["batch", "path", "step ms", "graph only ms", "bound ms (float32)", "step % of bound",
-                         "graph % of bound", "weight products alone ms", "step % of products alone"], rows)
-        lines += ["Weight products alone: the graph's MatMul/Gemm nodes by its weights, nothing else, in one session "
-                  "with the runtime's options for that batch: what ONNX Runtime's kernels do at these shapes.", ""]
+                         "graph % of bound"], rows)
     return lines
 
 

@@ -5,6 +5,8 @@ Gaussian prior term, noise, clip) and is timed per step at one batch size, noise
 - `graph`, `graph-1thread`, `graph-spin`: the gradient graph alone under session options (as the
   runtime sets them; on one thread; with worker threads spinning between runs, ONNX Runtime's default);
 - `graph-unpacked`: weights not pre-packed (what the runtime runs a single large class_grad chain on);
+- `products-alone`: the graph's weight products and nothing else (bench.machine.products_model): what
+  ONNX Runtime's GEMM kernels do at the step's shapes, the ceiling for any graph-level change;
 - `loop`, `loop-spin`: session.run per step and the update in NumPy (the runtime's loop without its
   checks), without and with spinning;
 - `iobinding`: that loop with the graph's inputs and outputs bound once to preallocated buffers;
@@ -27,6 +29,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from bench.machine import products_model
 from export_tools.quantize import int8_dynamic_model
 from export_tools.rewrites import matmul_weights_model
 from latent_onnx import SamplerConfig
@@ -216,6 +219,14 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
     def graph_only(session):
         return lambda n: [session.run(["grad"], graph_feeds) for _ in range(n)]
 
+    products = products_model(model)
+    rng = np.random.default_rng(0)
+    products_feeds = {i.name: rng.standard_normal((problem.batch, i.type.tensor_type.shape.dim[1].dim_value), dtype=np.float32)
+                      for i in products.graph.input}
+
+    def products_only(session):
+        return lambda n: [session.run(None, products_feeds) for _ in range(n)]
+
     def chain(session, runner):
         return lambda n: runner(session, problem, problem.noise(n))
 
@@ -226,6 +237,7 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
         "iobinding": lambda: chain(fp32, run_iobinding),
         "fused": lambda: chain(open_session(fused_model(model, problem.config, problem.prior_std), threads), run_fused),
         "graph-unpacked": lambda: graph_only(open_session(model, threads, prepack=False)),
+        "products-alone": lambda: products_only(open_session(products, threads)),
         "fp16-graph": lambda: graph_only(open_session(fp16_model(model), threads)),
     }
     for label, quantise in (("int8block", int8_block_model), ("int8", int8_dynamic_model)):
