@@ -209,8 +209,8 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
     """variant name -> {"step_s": best seconds per step, or "error": why it cannot run}; noise drawing included.
 
     The variants take turns (`rounds` rounds of `steps` steps each, after a one-step warm-up), so
-    a change in the machine's load falls on all of them alike; the two with spinning workers take
-    their turns after the rest.
+    a change in the machine's load falls on all of them alike; the two with spinning workers are
+    timed after the rest, one at a time.
     """
     model = problem.model
     fp32 = open_session(model, threads)
@@ -246,13 +246,13 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
         candidates[f"{label}-loop"] = lambda q=quantised: chain(open_session(q, threads), run_plain)
         candidates[f"{label}-fused"] = lambda q=quantised: chain(
             open_session(fused_model(q, problem.config, problem.prior_std), threads), run_fused)
-    spinning = {  # timed after the others: workers that spin after a run take the cores of whatever runs next
+    spinning = {  # timed after the others, one at a time: workers that spin after a run take the cores of whatever runs next
         "graph-spin": lambda: graph_only(open_session(model, threads, spinning=True)),
         "loop-spin": lambda: chain(open_session(model, threads, spinning=True), run_plain),
     }
-    results = {}
-    for group in (candidates, spinning):
-        results.update(_time_in_turns(group, steps, rounds))
+    results = _time_in_turns(candidates, steps, rounds)
+    for name, make in spinning.items():
+        results.update(_time_in_turns({name: make}, steps, rounds))
     return results
 
 
