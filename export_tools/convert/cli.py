@@ -84,7 +84,7 @@ def download(files: tuple[str, ...], cache: Path, pins: tuple[str, ...], list_on
 @click.option("--composite", is_flag=True, help="also export the slow composite path (generator + CaffeNet) for comparison")
 @click.option("--no-encoder", is_flag=True, help="leave out the encoder graph (no --init-image)")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=ImageNetOptions.class_grad_precision, show_default=True,
-              help="class_grad weights: int8 (3-4x faster latent steps on CPUs, checked against float32 on the way),"
+              help="class_grad weights: int8 (3-6x faster latent steps on CPUs, checked against float32 on the way),"
                    " float32, or auto (int8 when it passes that check, else float32)")
 @click.option("--name", default=ImageNetOptions.name, show_default=True, help="bundle name")
 @click.option("--max-tokens", type=click.IntRange(2, 64), default=ImageNetOptions.max_tokens, show_default=True,

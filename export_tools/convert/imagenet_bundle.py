@@ -65,7 +65,7 @@ class ImageNetOptions:
     encoder: bool = True  # export the encoder graph (CaffeNet to fc6), for --init-image
     composite: bool = False  # export composite_class_grad (generator + full CaffeNet; slow, large)
     max_tokens: int = 20  # T: caption words + final <eos> (LRCN's deploy net unrolls 20 steps)
-    class_grad_precision: str = "auto"  # BundleSpec's: int8 class_grad weights (3-4x faster latent steps on CPUs) when they pass their check
+    class_grad_precision: str = "auto"  # BundleSpec's: int8 class_grad weights (3-6x faster latent steps on CPUs) when they pass their check
     width: int = 1  # network width divisor: 1 for the published weights, >1 only for tests
 
 
