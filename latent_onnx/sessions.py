@@ -192,8 +192,8 @@ class SessionFactory:
                 self._providers = [_CPU]
         open_single_row = None
         if role in SINGLE_ROW_ROLES and len(model) >= SINGLE_ROW_MIN_BYTES and session.get_providers()[0] == _CPU:
-            options = session_options(self.threads, prepack=False)
-            open_single_row = lambda: self._open(bundle, role, model, [_CPU], options)  # noqa: E731
+            options = session_options(self.threads, prepack=False)  # the bytes are read (and verified) again when opened
+            open_single_row = lambda: self._open(bundle, role, bundle.graph_bytes(role), [_CPU], options)  # noqa: E731
         return GraphRunner(role, session, bundle_dims(bundle), bundle.name, open_single_row)
 
     @staticmethod
