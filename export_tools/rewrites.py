@@ -10,7 +10,8 @@
 - `multiply_by_masks`: Where(c, 0, g), autograd's ReLU backward, becomes g * float(not c), which
   ONNX Runtime's CPU kernels run about 10x faster (Where with a broadcast scalar is single-threaded).
 
-Every rewrite returns a new model and keeps inputs, outputs and results (up to float rounding).
+Every rewrite returns a new model and keeps inputs, outputs and results (up to float rounding); nodes
+and initializers a rewrite leaves without users are dropped.
 """
 
 from __future__ import annotations
@@ -37,11 +38,44 @@ def _replace_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
     model.graph.node.extend(nodes)
 
 
+def _drop_unused(model: onnx.ModelProto) -> None:
+    """Remove, in place, the nodes none of whose outputs is used (until none is left) and the initializers
+    no node uses; a name used inside a subgraph (Loop, If) counts as used."""
+    graph = model.graph
+
+    def used_names(nodes) -> set[str]:
+        names = set()
+        for node in nodes:
+            names.update(node.input)
+            for attribute in node.attribute:
+                for subgraph in [attribute.g, *attribute.graphs]:
+                    names |= used_names(subgraph.node)
+        return names
+
+    outputs = {o.name for o in graph.output}
+    nodes = list(graph.node)
+    while True:
+        used = used_names(nodes) | outputs
+        live = [node for node in nodes if any(name in used for name in node.output)]
+        if len(live) == len(nodes):
+            break
+        nodes = live
+    _replace_nodes(model, nodes)
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _inferred_values(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Every value of `model` with the type and shape that ONNX shape inference gives it."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+
+
 def _matrix_inputs(model: onnx.ModelProto) -> set[str]:
     """Names of the values that shape inference proves to be 2-d (Gemm takes only matrices)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    return {v.name for v in values if v.type.tensor_type.HasField("shape") and len(v.type.tensor_type.shape.dim) == 2}
+    return {v.name for v in _inferred_values(model)
+            if v.type.tensor_type.HasField("shape") and len(v.type.tensor_type.shape.dim) == 2}
 
 
 def share_transposed_weights(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -73,12 +107,8 @@ def share_transposed_weights(model: onnx.ModelProto) -> onnx.ModelProto:
                                           name=node.name, transB=1))
         else:
             nodes.append(node)
-    still_used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-    _replace_nodes(model, [n for n in nodes if not (n.op_type == "Transpose" and n.output[0] not in still_used)])
-    still_used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    kept = [init for init in graph.initializer if init.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _replace_nodes(model, nodes)
+    _drop_unused(model)
     return model
 
 
@@ -116,10 +146,7 @@ def matmul_weights_model(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         nodes.append(node)
     _replace_nodes(model, nodes)
-    used = {name for node in nodes for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _drop_unused(model)
     return model
 
 
@@ -156,9 +183,7 @@ def multiply_by_masks(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     zeros = {init.name for init in graph.initializer
              if int(np.prod(init.dims)) == 1 and not numpy_helper.to_array(init).any()}
-    inferred = onnx.shape_inference.infer_shapes(model)
-    floats = {v.name for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    floats = {v.name for v in _inferred_values(model) if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     comparisons = {n.output[0]: n for n in graph.node if n.op_type == "LessOrEqual"}
     make, nodes = helper.make_node, []
     for node in graph.node:
@@ -173,6 +198,6 @@ def multiply_by_masks(model: onnx.ModelProto) -> onnx.ModelProto:
                       make("Mul", [gradient, f"{out}/mask"], [out])]
         else:
             nodes.append(node)
-    used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-    _replace_nodes(model, [n for n in nodes if not (n.op_type == "LessOrEqual" and n.output[0] not in used)])
+    _replace_nodes(model, nodes)
+    _drop_unused(model)
     return model
