@@ -32,11 +32,10 @@ from export_tools.export import (
 from export_tools.priors import GaussianMixturePrior, GaussianPrior, Prior
 from export_tools.quantize import quantize_int8
 from export_tools.specs import ROLES, GraphDims
+from latent_onnx.bundle import FORMAT, FORMAT_VERSION
 from latent_onnx.errors import InputError
 from latent_onnx.sampler import SamplerConfig
 
-FORMAT = "latent-onnx-bundle"
-FORMAT_VERSION = 1
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 PRECISIONS = ("float32", "int8", "auto")  # BundleSpec.class_grad_precision
 

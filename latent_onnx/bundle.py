@@ -20,14 +20,16 @@ import numpy as np
 from .errors import BundleError
 from .onnx_scan import MalformedModel, uses_external_data
 from .priors import GaussianMixturePrior, GaussianPrior, check_mixture_arrays
-from .sampler import STARTS
+from .errors import InputError
+from .sampler import SAMPLER_FIELDS, SamplerConfig
 
 FORMAT = "latent-onnx-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written by this version's exporter
+FORMAT_VERSIONS = (1, 2)  # read; version 2 added the sampler keys method and anneal
 DEFAULT_BUNDLE = "fashion-colors"
 BUNDLE_ENV = "LATENT_ONNX_BUNDLE"
 ROLES = ("generator", "classifier", "class_grad", "caption_grad", "encoder", "composite_class_grad")
-SAMPLER_KEYS = ("steps", "eps1", "eps2", "prior_weight", "condition_scale", "eps1_final", "normalize_grad", "start")
+SAMPLER_KEYS = tuple(name for name in SAMPLER_FIELDS if name != "clip")  # the manifest's sampler keys (clip: latent.clip)
 _NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 _SHA_PATTERN = re.compile(r"[0-9a-f]{64}\Z")
 _TOP_KEYS = {
@@ -208,8 +210,10 @@ class _ManifestReader:
         m = self.obj(manifest, "(top level)", required=set(), optional=_TOP_KEYS)
         if m.get("format") != FORMAT:
             self.fail("format", f"must be \"{FORMAT}\"")
-        if m.get("format_version") != FORMAT_VERSION or isinstance(m.get("format_version"), bool):
-            self.fail("format_version", f"must be {FORMAT_VERSION} (this runtime reads format version {FORMAT_VERSION} only)")
+        version = m.get("format_version")
+        if version not in FORMAT_VERSIONS or isinstance(version, bool):
+            self.fail("format_version", f"must be one of {', '.join(map(str, FORMAT_VERSIONS))} (the versions this runtime"
+                                        " reads); a newer bundle needs a newer latent-onnx")
         name = self.string(m, "name")
         if not _NAME_PATTERN.match(name):
             self.fail("name", "must match [a-z0-9][a-z0-9._-]*")
@@ -373,18 +377,15 @@ class _ManifestReader:
         return settings
 
     def sampler(self, value, where: str, partial: bool) -> dict:
+        """Sampler settings (all of SAMPLER_KEYS' required ones unless `partial`), checked by SamplerConfig itself."""
         required = set() if partial else {"steps", "eps1", "eps2", "prior_weight"}
         value = self.obj(value if value is not None or partial else None, where, required=required, optional=set(SAMPLER_KEYS))
-        settings = dict(value)
-        if "steps" in value:
-            self.integer(value, "steps", f"{where}.steps", minimum=1)
-        for key, minimum, strict in (("eps1", 0.0, True), ("eps2", 0.0, False), ("prior_weight", 0.0, False), ("condition_scale", 0.0, True)):
-            if key in value:
-                settings[key] = self.number(value[key], f"{where}.{key}", minimum, strict)
-        if value.get("eps1_final") is not None:
-            settings["eps1_final"] = self.number(value["eps1_final"], f"{where}.eps1_final", 0.0, strict=True)
-        if "normalize_grad" in value and not isinstance(value["normalize_grad"], bool):
-            self.fail(f"{where}.normalize_grad", "must be true or false")
-        if "start" in value and value["start"] not in STARTS:
-            self.fail(f"{where}.start", f"must be one of {', '.join(STARTS)}")
-        return settings
+        for key, item in value.items():
+            try:
+                SamplerConfig().updated(**{key: item})
+            except InputError as error:
+                self.fail(f"{where}.{key}", f"is out of range: {error}")
+            except TypeError:  # e.g. a list where a number belongs
+                self.fail(f"{where}.{key}", "has the wrong type")
+        return {key: float(item) if isinstance(item, int) and key not in ("steps",) and not isinstance(item, bool)
+                else item for key, item in value.items()}

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
-import shlex
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 
 import click
@@ -22,14 +23,32 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import __version__
 from .bundle import BUNDLE_ENV, DEFAULT_BUNDLE, load_bundle
 from .conditioning import ClassIndex
+from .dataset import BACKENDS as DATASET_BACKENDS, FORMATS as DATASET_FORMATS
 from .errors import InputError, LatentOnnxError, OutputError
-from .images import PNG_TEXT_KEY, check_new_files, check_output_dir, make_grid, save_gif, save_png
-from .pipeline import MAX_SAMPLES, PATHS, Pipeline
-from .sampler import STARTS
+from .images import PNG_TEXT_KEY, check_new_files, check_output_dir, make_grid, read_image, save_gif, save_png
+from .metadata import png_text
+from .pipeline import MAX_SAMPLES, PATHS, GenerateOptions, Pipeline
+from .sampler import SamplerConfig
 from .sessions import DEVICES
 
 TRAJECTORY_FRAMES = 60  # about this many frames (at most 2 more) in a --save-trajectory GIF
 MIN_GIF_SIZE = 128  # GIF frames are scaled up (nearest) to at least this many pixels high
+
+
+EXIT_CODES = """Exit codes: 0 done; 2 bad input; 3 bundle missing, damaged or tampered with; 4 device unavailable;
+5 output not writable or would be overwritten; 7 sampling diverged; 130 interrupted."""
+
+GENERATE_EPILOG = """\b
+Examples:
+  latent-onnx generate --class sneaker -n 8 --grid
+  latent-onnx generate --class "sneaker:0.7,sandal:0.3" --seed 1
+  latent-onnx generate --caption "a red sneaker" --save-trajectory chain.gif
+  latent-onnx generate --class sneaker --then bag --switch-at 100 --save-trajectory morph.gif
+  latent-onnx generate --class bag --sampler mala
+  latent-onnx generate --init-image shoe.png --class "ankle boot"
+
+\b
+""" + EXIT_CODES
 
 
 def _fail(message: str, code: int):
@@ -70,142 +89,162 @@ def cli():
     """Conditional image generation by Langevin sampling of a generator's latent code (ONNX Runtime)."""
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "sample"
+def _stem(condition: str) -> str:
+    """A file-name stem for a condition; a short hash keeps specs that slug alike apart ("bag:1" vs "bag:-1")."""
+    slug = re.sub(r"[^a-z0-9]+", "-", condition.lower()).strip("-")[:48] or "sample"
+    if re.fullmatch(r"[a-z0-9]+( [a-z0-9]+)*", condition.strip().lower()):
+        return slug
+    return f"{slug}-{hashlib.sha256(condition.encode()).hexdigest()[:6]}"
 
 
-def _reproduce_command(bundle_arg: str | None, result, index: int) -> str:
-    o, c = result.options, result.config
-    words = ["latent-onnx", "generate"]
-    if bundle_arg:
-        words += ["--bundle", bundle_arg]
-    words += ["--class", o.classes] if o.classes is not None else ["--caption", o.caption]
-    if o.preset:
-        words += ["--preset", o.preset]
-    words += ["--seed", str(o.seed), "--start-index", str(index), "-n", "1", "--steps", str(c.steps),
-              "--eps1", repr(c.eps1), "--eps2", repr(c.eps2), "--prior-weight", repr(c.prior_weight),
-              "--condition-scale", repr(c.condition_scale), "--start", c.start, "--path", o.path]
-    return shlex.join(words)
+def _sampler_options(function):
+    """One option per SamplerConfig field that declares a flag (the one declaration of every setting)."""
+    for spec in reversed(fields(SamplerConfig)):
+        flag, help_text, choices = spec.metadata["flag"], spec.metadata["help"], spec.metadata["choices"]
+        if flag is None:
+            continue
+        if spec.type in ("bool", bool):
+            function = click.option(f"{flag}/--no-{flag[2:]}", spec.name, default=None, help=help_text + " (default: the bundle's)")(function)
+            continue
+        kind = click.Choice(choices) if choices else {"int": int}.get(str(spec.type), float)
+        function = click.option(flag, spec.name, type=kind, default=None, help=help_text + " (default: the bundle's)")(function)
+    return function
 
 
-def _png_text(bundle, bundle_arg, result, index: int, logp: float, init_image_sha: str | None) -> dict[str, str]:
-    parameters = {
-        "software": f"latent-onnx {__version__}", "bundle": bundle.name, "bundle_manifest_sha256": bundle.manifest_sha256,
-        "classes": result.options.classes, "caption": result.options.caption, "seed": result.options.seed,
-        "index": index, "path": result.options.path, "preset": result.options.preset,
-        "sampler": result.config.to_dict(), "init_image_sha256": init_image_sha, "logp": logp,
-    }
-    return {
-        PNG_TEXT_KEY: json.dumps(parameters, sort_keys=True),
-        "Software": f"latent-onnx {__version__}",
-        "Comment": _reproduce_command(bundle_arg, result, index),
-    }
-
-
-def _upscaled(images: np.ndarray) -> list[Image.Image]:
-    factor = max(1, -(-MIN_GIF_SIZE // images.shape[1]))
+def _upscaled(images: np.ndarray, minimum: int) -> list[Image.Image]:
+    factor = max(1, -(-minimum // images.shape[1]))
     return [Image.fromarray(image).resize((image.shape[1] * factor, image.shape[0] * factor), Image.Resampling.NEAREST) for image in images]
 
 
-@cli.command()
+def _output_path(text: Path, out_dir: Path) -> Path:
+    """A user's file name: `~` expanded; a bare name (no folder part) goes into the --out folder."""
+    path = text.expanduser()
+    return out_dir / path if path.parent == Path(".") and not str(text).startswith(".") else path
+
+
+@cli.command(epilog=GENERATE_EPILOG)
 @click.option("--class", "classes", default=None, metavar="SPEC", help='Class name or index, or a mix: "sneaker:0.7,sandal:0.3" (negative weights push away).')
 @click.option("--caption", default=None, help="A caption in the bundle's vocabulary (instead of --class).")
+@click.option("--then", default=None, metavar="SPEC", help="Switch the chains to this class spec (or caption, for --caption runs) mid-run.")
+@click.option("--switch-at", type=int, default=None, help="The step at which --then takes over (default: half the steps).")
 @click.option("-n", "n", type=int, default=4, show_default=True, help="Number of images.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: drawn and reported).")
 @click.option("--start-index", type=int, default=0, show_default=True, help="Index of the first sample (sample i depends on seed and i only).")
-@click.option("--steps", type=int, default=None, help="SGLD steps (default: the bundle's).")
-@click.option("--eps1", type=float, default=None, help="Step size on the gradient (default: the bundle's).")
-@click.option("--eps2", type=float, default=None, help="Noise variance per step (default: the bundle's).")
-@click.option("--prior-weight", type=float, default=None, help="Weight of the prior gradient (default: the bundle's).")
-@click.option("--condition-scale", type=float, default=None, help="Weight of the class/caption gradient (default: the bundle's).")
-@click.option("--start", type=click.Choice(STARTS), default=None, help="Chain start: the bundle's init, or prior components weighted by the condition (default: the bundle's).")
+@_sampler_options
 @click.option("--preset", default=None, help="A named sampler preset of the bundle (e.g. paper).")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Chains run together.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Chains run together (results do not depend on it).")
 @click.option("--path", "path", type=click.Choice(PATHS), default="latent", show_default=True, help="Sample through the latent MLP or the composite graph.")
-@click.option("--init-image", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Start from this image through the bundle's encoder.")
+@click.option("--init-image", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Start every chain at this image's code (the bundle's encoder).")
 @_bundle_option
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True, help="Output folder.")
 @click.option("--grid", is_flag=True, help="Also write all images as one grid PNG.")
-@click.option("--save-trajectory", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.gif", help="Write an animated GIF of the first chain.")
+@click.option("--save-trajectory", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.gif", help="Write an animated GIF of the first chain (a bare name goes into --out).")
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the files and parameters.")
-def generate(classes, caption, n, seed, start_index, steps, eps1, eps2, prior_weight, condition_scale, start, preset, batch_size, path,
-             init_image, bundle, device, threads, out_dir, grid, save_trajectory, overwrite, as_json):
+def generate(classes, caption, then, switch_at, n, seed, start_index, preset, batch_size, path, init_image, bundle,
+             device, threads, out_dir, grid, save_trajectory, overwrite, as_json, **sampler):
     """Generate images of a class (or mix of classes) or of a caption."""
     if (classes is None) == (caption is None):
         raise InputError("give exactly one of --class or --caption")
-    if not 1 <= n <= MAX_SAMPLES:
-        raise InputError(f"-n must be from 1 to {MAX_SAMPLES}, not {n}")
     seed = secrets.randbits(32) if seed is None else seed
-    if seed < 0 or start_index < 0:
-        raise InputError("--seed and --start-index must be >= 0")
-    stem = f"{_slug(classes if classes is not None else caption)}-s{seed}"
-    files = [out_dir / f"{stem}-{start_index + i:04d}.png" for i in range(n)]
-    grid_file = out_dir / f"{stem}-{start_index:04d}-grid.png" if grid else None
-    extra_files = [p for p in (grid_file, save_trajectory) if p is not None]
+    options = GenerateOptions(classes=classes, caption=caption, then=then, switch_at=switch_at, n=n, seed=seed,
+                              start_index=start_index, batch_size=batch_size, preset=preset, path=path).updated(**sampler)
+    out_dir = out_dir.expanduser()
     check_output_dir(out_dir)
-    if save_trajectory is not None:
-        check_output_dir(save_trajectory.parent)
+    stem = f"{_stem(classes if classes is not None else caption)}-s{seed}"
+    files = [out_dir / f"{stem}-{start_index + i:04d}.png" for i in range(max(0, min(n, MAX_SAMPLES)))]
+    grid_file = out_dir / f"{stem}-{start_index:04d}-grid.png" if grid else None
+    trajectory = _output_path(save_trajectory, out_dir) if save_trajectory is not None else None
+    extra_files = [p for p in (grid_file, trajectory) if p is not None]
+    if trajectory is not None:
+        check_output_dir(trajectory.parent)
     check_new_files(files + extra_files, overwrite)
-    if len(set(files + extra_files)) != len(files + extra_files):
+    resolved = [p.resolve() for p in files + extra_files]
+    if len(set(resolved)) != len(resolved):
         raise OutputError("--save-trajectory names a file the images would use; choose another name")
 
     init = init_sha = None
     if init_image is not None:
-        try:
-            init = Image.open(init_image)
-            init.load()
-        except (OSError, ValueError) as error:
-            raise InputError(f"cannot read --init-image {init_image}: {error}") from None
-        init_sha = hashlib.sha256(init_image.read_bytes()).hexdigest()
+        init, init_sha = read_image(init_image, "--init-image")
+        options = replace(options, init_image=init)
 
     pipe = Pipeline.from_bundle(bundle, device=device, threads=threads)
-    console = Console(stderr=True)
-    show_progress = not as_json and console.is_terminal
-    sampler_overrides = dict(steps=steps, eps1=eps1, eps2=eps2, prior_weight=prior_weight,
-                             condition_scale=condition_scale, start=start)
-    config = pipe.sampler_config(preset, **sampler_overrides)
-    frame_every = -(-config.steps // TRAJECTORY_FRAMES)
+    config = pipe.sampler_config(preset, **options.sampler)
+    frame_every = max(1, -(-config.steps // TRAJECTORY_FRAMES))
     frames: list[np.ndarray] = []
+    console = Console(stderr=True, markup=False, highlight=False)
+    show_progress = not as_json and console.is_terminal
+    written: list[Path] = []
+    results = []
 
-    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeRemainingColumn(),
                   console=console, transient=True, disable=not show_progress) as progress:
-        task = progress.add_task("sampling", total=None)
+        task = progress.add_task("sampling", total=n)
 
         def on_step(step: int, total: int, z: np.ndarray):
-            progress.update(task, completed=step, total=total)
             first_chain = step <= config.steps
-            if save_trajectory is not None and first_chain and (step % frame_every == 0 or step in (1, config.steps)):
+            if trajectory is not None and first_chain and (step % frame_every == 0 or step in (1, config.steps)):
                 frames.append(z[0].copy())
 
-        result = pipe.generate(
-            classes=classes, caption=caption, n=n, seed=seed, start_index=start_index, batch_size=batch_size,
-            preset=preset, **sampler_overrides, path=path,
-            init_image=init, callback=on_step,
-        )
-
-    for file, index, image, logp in zip(files, result.indices, result.images, result.logp):
-        save_png(image, file, _png_text(pipe.bundle, bundle, result, index, float(logp), init_sha))
+        if trajectory is not None:
+            options = replace(options, callback=on_step)
+        try:
+            for batch in pipe.iter_batches(options):
+                if trajectory is not None and not frames:
+                    frames.append(batch.z[0])
+                for row, index in enumerate(batch.indices):
+                    file = files[index - start_index]
+                    save_png(batch.images[row], file, png_text(pipe.bundle, batch, row, init_image=_init_ref(init_image),
+                                                             init_image_sha256=init_sha))
+                    written.append(file)
+                results.append(_batch_summary(batch))
+                progress.update(task, completed=len(written))
+        except LatentOnnxError as error:
+            if written:
+                raise type(error)(f"{error} ({len(written)} of {n} images were written before it stopped: "
+                                  f"{written[0].name} .. {written[-1].name})") from None
+            raise
+    result = _merged(results)
     if grid_file is not None:
-        save_png(make_grid(result.pixels), grid_file, {PNG_TEXT_KEY: json.dumps({"seed": seed, "files": [f.name for f in files]})})
-    if save_trajectory is not None:
-        save_gif(_upscaled(pipe.decode(np.stack(frames))), save_trajectory)
+        save_png(make_grid(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])), grid_file,
+                 {PNG_TEXT_KEY: json.dumps({"seed": seed, "files": [f.name for f in files]})})
+    if trajectory is not None:
+        save_gif(_upscaled(pipe.decode(np.stack(frames)), MIN_GIF_SIZE), trajectory)
 
     summary = {
         "bundle": pipe.bundle.name, "bundle_path": str(pipe.bundle.root), "device": pipe.runner("generator").provider,
-        "seed": seed, "options": result.options.describe(), "sampler": result.config.to_dict(),
-        "samples": [{"file": str(f), "index": i, "logp": float(lp)} for f, i, lp in zip(files, result.indices, result.logp)],
-        "grid": str(grid_file) if grid_file else None, "trajectory": str(save_trajectory) if save_trajectory else None,
+        "seed": seed, "options": result["options"], "sampler": config.to_dict(),
+        "samples": [{"file": str(f), "index": i, "logp": lp, "acceptance": a}
+                    for f, i, lp, a in zip(files, result["indices"], result["logp"], result["acceptance"])],
+        "grid": str(grid_file) if grid_file else None, "trajectory": str(trajectory) if trajectory else None,
     }
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(summary, allow_nan=False))
     else:
-        out = Console(soft_wrap=True)
-        out.print(f"wrote {n} image(s) to {out_dir}/ (bundle {pipe.bundle.name}, seed {seed}, {config.steps} steps)")
+        out = Console(soft_wrap=True, markup=False, highlight=False)
+        accept = ""
+        if config.method == "mala" and config.steps:
+            accept = f", mala acceptance {np.mean(result['acceptance']):.2f}"
+        out.print(f"wrote {n} image(s) to {out_dir}{os.sep} (bundle {pipe.bundle.name}, seed {seed}, {config.steps} "
+                  f"{config.method} steps{accept})")
         for extra in extra_files:
             out.print(f"wrote {extra}")
+
+
+def _init_ref(path: Path | None) -> str | None:
+    return str(path.expanduser().resolve()) if path is not None else None
+
+
+def _batch_summary(batch) -> dict:
+    return {"options": batch.options.describe(), "indices": batch.indices, "logp": [float(v) for v in batch.logp],
+            "acceptance": [float(v) for v in batch.acceptance]}
+
+
+def _merged(parts: list[dict]) -> dict:
+    return {"options": parts[0]["options"], **{key: [v for part in parts for v in part[key]]
+                                                  for key in ("indices", "logp", "acceptance")}}
 
 
 @cli.command()
@@ -263,6 +302,98 @@ def info(bundle, as_json):
         out.print(f"presets: {json.dumps(loaded.presets)}")
     if loaded.provenance:
         out.print(f"provenance: {json.dumps(loaded.provenance)}")
+
+
+DATASET_EPILOG = """\b
+Examples:
+  latent-onnx dataset fashion/ --per-class 1000 --workers 2
+  latent-onnx dataset shoes/ --classes sneaker,sandal,9 --per-class 500 --format webdataset
+  latent-onnx dataset big/ --per-class 100000 --backend ray --ray-address 10.0.0.1:6379 --workers 64
+
+\b
+The same command again resumes a stopped run (finished shards are verified and kept).
+""" + EXIT_CODES.replace("7 sampling diverged;", "7 sampling diverged; 8 a worker died twice on one shard, or the Ray cluster failed;")
+
+
+@cli.command(epilog=DATASET_EPILOG)
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@_bundle_option
+@click.option("--classes", default=None, metavar="all|NAME,...", help="all, or class names or indices separated by commas; one label each (default: all, unless --captions).")
+@click.option("--captions", "captions_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE", help="Captions, one per line (# comments skipped); one label each.")
+@click.option("--per-class", type=int, required=True, help="Images per class (or caption).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Dataset seed (each condition gets its own seed from it).")
+@click.option("--shard-size", type=int, default=1000, show_default=True, help="Images per shard (the unit of work and of resuming).")
+@click.option("--format", "format_", type=click.Choice(DATASET_FORMATS), default="imagefolder", show_default=True, help="imagefolder (a folder per label and metadata.jsonl) or webdataset (tar shards).")
+@_sampler_options
+@click.option("--preset", default=None, help="A named sampler preset of the bundle (e.g. paper).")
+@click.option("--backend", type=click.Choice(DATASET_BACKENDS), default="local", show_default=True, help="Local worker processes, or actors on a Ray cluster.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes (local) or actors (ray).")
+@click.option("--ray-address", default=None, metavar="HOST:PORT", help="A running Ray cluster (default: start a local one).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads per worker (default: cores // workers).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Chains run together (results do not depend on it).")
+@click.option("--overwrite", is_flag=True, help="Replace a dataset with other settings in OUT.")
+def dataset(out, bundle, classes, captions_file, per_class, seed, shard_size, format_, preset, backend, workers,
+            ray_address, threads, device, batch_size, overwrite, **sampler):
+    """Write a labelled dataset of generated images to OUT, sharded and resumable."""
+    from .dataset import ConsoleProgress, DatasetSettings, RunOptions, read_captions, write_dataset
+
+    settings = DatasetSettings(bundle=bundle, classes=classes, per_class=per_class, seed=seed, shard_size=shard_size,
+                               captions=read_captions(captions_file) if captions_file is not None else (),
+                               format=format_, preset=preset, sampler={k: v for k, v in sampler.items() if v is not None})
+    run = RunOptions(backend=backend, workers=workers, ray_address=ray_address, threads=threads, device=device,
+                     batch_size=batch_size, overwrite=overwrite)
+    with ConsoleProgress(Console(stderr=True, markup=False, highlight=False)) as progress:
+        summary = write_dataset(out, settings, run, progress)
+    Console(soft_wrap=True, markup=False, highlight=False).print(
+        f"dataset {summary.out}{os.sep}: {summary.images} images in {summary.shards} shard(s) ({summary.kept} kept, "
+        f"{summary.made} made) in {summary.seconds:.1f} s")
+
+
+from .serve.schema import Limits as _ServeLimits  # noqa: E402 (no FastAPI here: serve.app imports it, in `serve`)
+
+
+@cli.command()
+@click.option("--bundle", "bundles", multiple=True, metavar="PATH|NAME",
+              help="A bundle to serve (repeat for more; the first is the default). Requests name bundles by their name.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless --allow-remote).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8189, show_default=True, help="Port (0: a free one, printed).")
+@click.option("--allow-remote", is_flag=True, help="Allow a --host that other machines can reach (prints a warning).")
+@click.option("--token", envvar="LATENT_ONNX_TOKEN", default=None,
+              help="Require the header Authorization: Bearer TOKEN on the API (default: $LATENT_ONNX_TOKEN).")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Let web pages from this origin call the API, e.g. http://localhost:3000 (repeatable; default: none).")
+@click.option("--worker-threads", type=click.IntRange(1, 256), default=None, help="Requests generating at once (default: the cores).")
+@click.option("--max-jobs", type=click.IntRange(1, 100_000), default=32, show_default=True,
+              help="Requests generating or waiting; more are answered 429.")
+@click.option("--max-n", type=click.IntRange(1, MAX_SAMPLES), default=_ServeLimits.n, show_default=True, help="Most images per request.")
+@click.option("--max-steps", type=click.IntRange(0), default=_ServeLimits.steps, show_default=True, help="Most steps per request.")
+@click.option("--max-batch", type=click.IntRange(1), default=_ServeLimits.batch_size, show_default=True, help="Largest batch_size.")
+@click.option("--max-body", type=click.IntRange(64), default=_ServeLimits.body_bytes, show_default=True,
+              help="Largest request body, bytes (413 above).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="ONNX Runtime intra-op threads per graph (requests run in parallel on the worker threads).")
+def serve(bundles, host, port, allow_remote, token, cors_origins, worker_threads, max_jobs, max_n, max_steps, max_batch,
+          max_body, device, threads):
+    """Serve a local HTTP API (/v1) and a page (/) for generating images (needs the serve extra)."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(module) is None for module in ("fastapi", "uvicorn")):
+        raise InputError("latent-onnx serve needs the serve extra: pip install 'latent-onnx[serve]'")
+    from .serve.app import listening_socket, run
+
+    sock = listening_socket(host, port, allow_remote)
+    pipes = {}
+    for ref in bundles or (None,):
+        pipe = Pipeline.from_bundle(ref, device=device, threads=threads)
+        if pipe.bundle.name in pipes:
+            raise InputError(f"two bundles are named '{pipe.bundle.name}'; serve bundles with different names")
+        pipe.open_all()
+        pipes[pipe.bundle.name] = pipe
+    limits = _ServeLimits(n=max_n, steps=max_steps, batch_size=max_batch, body_bytes=max_body)
+    run(pipes, sock, lambda line: click.echo(f"latent-onnx: {line}", err=True), limits=limits,
+        workers=worker_threads or os.cpu_count() or 1, capacity=max_jobs, token=token, cors_origins=cors_origins)
 
 
 def main(argv: list[str] | None = None):

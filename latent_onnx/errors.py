@@ -29,3 +29,9 @@ class OutputError(LatentOnnxError):
     """An output file cannot be written (or would overwrite an existing file)."""
 
     exit_code = 5
+
+
+class SamplingError(LatentOnnxError):
+    """The chains diverged (non-finite codes, gradients or log-probabilities); nothing is written."""
+
+    exit_code = 7

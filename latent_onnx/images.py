@@ -6,6 +6,8 @@ replaces an existing file unless asked to.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
 import tempfile
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from .errors import OutputError
+from .errors import InputError, OutputError
 
 PNG_TEXT_KEY = "latent-onnx"  # PNG tEXt key holding the JSON generation parameters
 
@@ -64,12 +66,40 @@ def _write_atomic(path: Path, write) -> None:
         raise
 
 
-def save_png(image: Image.Image, path: Path, text: dict[str, str]) -> None:
-    """Write a PNG with `text` as tEXt chunks (key -> value)."""
+def png_bytes(image: Image.Image, text: dict[str, str]) -> bytes:
+    """The PNG file of `image` with `text` as tEXt chunks (key -> value)."""
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
         info.add_text(key, value)
-    _write_atomic(path, lambda stream: image.save(stream, format="PNG", pnginfo=info))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(image: Image.Image, path: Path, text: dict[str, str]) -> None:
+    """Write a PNG with `text` as tEXt chunks (key -> value)."""
+    data = png_bytes(image, text)
+    _write_atomic(path, lambda stream: stream.write(data))
+
+
+MAX_INPUT_PIXELS = 4096 * 4096  # larger input images are refused before they are decoded
+
+
+def read_image(path: Path, what: str) -> tuple[Image.Image, str]:
+    """(the decoded image, the sha256 of its file) for a user's image file; InputError when it cannot be used."""
+    try:
+        data = Path(path).expanduser().read_bytes()
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            if width * height > MAX_INPUT_PIXELS:
+                raise InputError(f"{what} {path} is {width}x{height} pixels; give an image of at most "
+                                 f"{MAX_INPUT_PIXELS} pixels")
+            image = probe.convert("RGB")
+    except InputError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
+        raise InputError(f"cannot read {what} {path}: {error}") from None
+    return image, hashlib.sha256(data).hexdigest()
 
 
 def save_gif(frames: list[Image.Image], path: Path, frame_ms: int = 80) -> None:

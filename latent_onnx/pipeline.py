@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import secrets
 import threading
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
 
-from .bundle import SAMPLER_KEYS, Bundle, load_bundle
+from .bundle import Bundle, load_bundle
 from .conditioning import ClassIndex, GradientTarget, caption_tokens
-from .errors import InputError
+from .errors import InputError, SamplingError
 from .images import to_pixels
 from .priors import GaussianMixturePrior
-from .sampler import SamplerConfig, SGLDSampler, check_int
+from .sampler import SAMPLER_FIELDS, ChainState, SamplerConfig, SGLDSampler, check_int
 from .sessions import GraphRunner, SessionFactory
 
 PATH_ROLES = {"latent": "class_grad", "composite": "composite_class_grad"}  # class path -> its gradient graph
@@ -34,7 +34,7 @@ StepCallback = Callable[[int, int, np.ndarray], None]  # (step done 1..total, to
 
 @dataclass(frozen=True)
 class GenerateOptions:
-    """What to generate. Sampler fields left at None take the bundle's (or the preset's) defaults."""
+    """What to generate. Sampler settings not in `sampler` take the bundle's (or the preset's) defaults."""
 
     classes: str | None = None  # class spec: "sneaker", "11", "sneaker:0.7,sandal:0.3", negative weights push away
     caption: str | None = None  # a caption in the bundle's vocabulary (instead of classes)
@@ -43,38 +43,75 @@ class GenerateOptions:
     start_index: int = 0  # sample indices run start_index .. start_index + n - 1; sample i uses rng [seed, i]
     batch_size: int = 16  # chains run together; results do not depend on it
     preset: str | None = None  # a named set of sampler settings from the bundle (e.g. "paper")
-    steps: int | None = None
-    eps1: float | None = None
-    eps2: float | None = None
-    prior_weight: float | None = None
-    condition_scale: float | None = None
-    eps1_final: float | None = None
-    normalize_grad: bool | None = None
-    start: str | None = None  # "init" or "conditioned" (see SamplerConfig.start)
+    sampler: Mapping[str, Any] = field(default_factory=dict)  # SamplerConfig field -> value (None = the default)
+    then: str | None = None  # the condition from step `switch_at` on: a class spec (class runs) or a caption
+    switch_at: int | None = None  # the step at which `then` takes over, 1 .. steps - 1 (default: steps // 2)
     init_image: Image.Image | None = None  # start every chain at encoder(init_image) instead of the prior
     path: str = "latent"  # "latent": the MLP gradient graph; "composite": the gradient through G then the classifier
     callback: StepCallback | None = None  # called after every step
     init_z: np.ndarray | None = None  # float32 [n, D] injected starting codes (tests, round trips)
     noise: np.ndarray | None = None  # float32 [steps, n, D] injected standard-normal noise (scaled by sqrt(eps2))
 
+    def updated(self, **values) -> "GenerateOptions":
+        """A copy with fields replaced; keys naming a SamplerConfig field (steps, eps1, method, ...) go into
+        `sampler` (None leaves the setting as it was); unknown keys are an InputError."""
+        own = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - own - set(SAMPLER_FIELDS))
+        if unknown:
+            raise InputError(f"unknown option '{unknown[0]}'")
+        sampler = dict(values.pop("sampler", None) or self.sampler)
+        for key in [key for key in values if key not in own]:
+            value = values.pop(key)
+            if value is not None:
+                sampler[key] = value
+        return replace(self, sampler=sampler, **values)
+
     def describe(self) -> dict:
         """The options as JSON-ready values (arrays, images and callbacks left out)."""
         skip = {"init_image", "callback", "init_z", "noise"}
-        return {key: value for key, value in asdict(self).items() if key not in skip}
+        described = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        described["sampler"] = dict(self.sampler)
+        return described
 
 
 @dataclass
 class GenerationResult:
-    """The samples of one `generate` call."""
+    """The samples of one `generate` call (or one batch of `iter_batches`)."""
 
     images: list[Image.Image]  # n RGB images
     z: np.ndarray  # float32 [n, D]: final codes
-    logp: np.ndarray  # float32 [n]: log p(condition | z) at the final codes
+    logp: np.ndarray  # float32 [n]: log p(condition | z) at the final codes (the `then` condition after a switch)
+    acceptance: np.ndarray  # float32 [n]: fraction of proposals accepted (1 for sgld; 1 when steps is 0)
     indices: list[int]  # the sample index of each image (its rng is [seed, index])
     options: GenerateOptions  # the options, with the seed actually used
     config: SamplerConfig  # the sampler settings actually used
     bundle_name: str
     pixels: np.ndarray = field(repr=False)  # uint8 [n, H, W, 3], the same images as an array
+
+    @classmethod
+    def concatenate(cls, parts: list["GenerationResult"]) -> "GenerationResult":
+        """One result from the results of consecutive batches of one run."""
+        first = parts[0]
+        return cls(
+            images=[image for part in parts for image in part.images], z=np.concatenate([p.z for p in parts]),
+            logp=np.concatenate([p.logp for p in parts]), acceptance=np.concatenate([p.acceptance for p in parts]),
+            indices=[i for part in parts for i in part.indices], options=first.options, config=first.config,
+            bundle_name=first.bundle_name, pixels=np.concatenate([p.pixels for p in parts]),
+        )
+
+
+@dataclass
+class _Run:
+    """A checked `generate` request, ready to run batch by batch."""
+
+    options: GenerateOptions
+    config: SamplerConfig
+    sampler: SGLDSampler
+    targets: list[tuple[int, GradientTarget]]  # (first step, target) in step order
+    init_z: np.ndarray | None
+    noise: np.ndarray | None
+    component_probs: np.ndarray | None
+    batches: list[range]
 
 
 class Pipeline:
@@ -109,8 +146,7 @@ class Pipeline:
 
     def sampler_config(self, preset: str | None = None, **overrides) -> SamplerConfig:
         """The bundle's sampler defaults, then the preset, then explicit overrides (None = keep)."""
-        settings = {key: self.bundle.sampler[key] for key in SAMPLER_KEYS if key in self.bundle.sampler}
-        settings["clip"] = self.bundle.clip
+        settings = {**self.bundle.sampler, "clip": self.bundle.clip}
         if preset is not None:
             if preset not in self.bundle.presets:
                 known = ", ".join(sorted(self.bundle.presets)) or "none"
@@ -164,64 +200,89 @@ class Pipeline:
     # --- the loop --------------------------------------------------------------------
 
     def generate(self, options: GenerateOptions | None = None, **kwargs) -> GenerationResult:
-        """Run SGLD chains and decode them; kwargs override fields of `options`."""
-        options = replace(options or GenerateOptions(), **kwargs)
+        """Run the chains and decode them; kwargs override fields of `options` (sampler settings included)."""
+        return GenerationResult.concatenate(list(self.iter_batches(options, **kwargs)))
+
+    def iter_batches(self, options: GenerateOptions | None = None, **kwargs) -> Iterator[GenerationResult]:
+        """Like `generate`, one result per batch of chains as each finishes (memory flat in n). Every
+        check runs before the first batch starts."""
+        run = self._prepare((options or GenerateOptions()).updated(**kwargs))
+        return (self._run_batch(run, number, rows) for number, rows in enumerate(run.batches))
+
+    def _prepare(self, options: GenerateOptions) -> _Run:
         n = check_int("n", options.n, 1, MAX_SAMPLES)
         batch_size = check_int("batch size", options.batch_size, 1, MAX_BATCH)
-        start = check_int("start index", options.start_index, 0, 2**63 - 1)
+        check_int("start index", options.start_index, 0, 2**63 - 1)
         seed = secrets.randbits(32) if options.seed is None else check_int("seed", options.seed, 0, 2**63 - 1)
         options = replace(options, seed=seed)
-        config = self.sampler_config(
-            options.preset, **{key: getattr(options, key) for key in SAMPLER_KEYS}
-        )
-        target = self.target(options.classes, options.caption, options.path)
+        config = self.sampler_config(options.preset, **options.sampler)
+        targets = [(0, self.target(options.classes, options.caption, options.path))]
+        if options.then is not None:
+            switch_at = config.steps // 2 if options.switch_at is None else options.switch_at
+            if config.steps < 2:
+                raise InputError("switching the condition (then) needs at least 2 steps")
+            switch_at = check_int("switch_at", switch_at, 1, config.steps - 1)
+            then = (options.then, None) if options.classes is not None else (None, options.then)
+            targets.append((switch_at, self.target(*then, options.path)))
+            options = replace(options, switch_at=switch_at)
+        elif options.switch_at is not None:
+            raise InputError("switch_at needs a condition to switch to (then)")
         dim = self.bundle.latent_dim
         init_z = self._checked_array("init_z", options.init_z, (n, dim))
         noise = self._checked_array("noise", options.noise, (config.steps, n, dim))
         if options.init_image is not None and init_z is None:
             pixels = to_pixels(options.init_image, *self.bundle.image_hw)[None]
             init_z = np.repeat(self.encode(pixels), n, axis=0)
-
         component_probs = None
         if init_z is None and config.start == "conditioned":
-            component_logp, _ = target(self.bundle.prior.means.astype(np.float32))
+            component_logp, _ = targets[0][1](self.bundle.prior.means.astype(np.float32))
             component_probs = self.bundle.prior.conditioned_probs(component_logp, config.condition_scale)
+        return _Run(
+            options=options, config=config, sampler=SGLDSampler(config, self.bundle.prior), targets=targets,
+            init_z=init_z, noise=noise, component_probs=component_probs,
+            batches=[range(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)],
+        )
 
-        sampler = SGLDSampler(config)
-        batches = [range(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
-        total = config.steps * len(batches)
-        z_out, logp_out, pixels_out = [], [], []
-        for number, rows in enumerate(batches):
-            rngs = [np.random.default_rng([seed, start + row]) for row in rows]
-            if init_z is not None:
-                z = init_z[rows.start : rows.stop].copy()
-            elif component_probs is not None:
-                z = np.stack([self.bundle.prior.sample(rng, component_probs) for rng in rngs])
+    def _run_batch(self, run: _Run, number: int, rows: range) -> GenerationResult:
+        options, config, dim = run.options, run.config, self.bundle.latent_dim
+        rngs = [np.random.default_rng([options.seed, options.start_index + row]) for row in rows]
+        if run.init_z is not None:
+            z = run.init_z[rows.start : rows.stop].copy()
+        elif run.component_probs is not None:
+            z = np.stack([self.bundle.prior.sample(rng, run.component_probs) for rng in rngs])
+        else:
+            z = np.stack([self.bundle.init.sample(rng) for rng in rngs])
+        switches = dict(run.targets)
+        target = switches[0]
+        state = ChainState.at(z, target)
+        _check_finite(state, 0, config)
+        total = config.steps * len(run.batches)
+        mala = config.method == "mala"
+        for step in range(config.steps):
+            if step in switches and step > 0:
+                target = switches[step]
+                state = replace(ChainState.at(state.z, target), accepted=state.accepted)
+            if step % NOISE_CHUNK == 0:  # one draw of [count, D] per chain gives the numbers of count draws of [D]
+                count = min(NOISE_CHUNK, config.steps - step)
+                draws = [(rng.standard_normal((count, dim), dtype=np.float32), rng.random(count) if mala else None)
+                         for rng in rngs]
+                normal_chunk = np.stack([d[0] for d in draws], axis=1)
+                uniform_chunk = np.stack([d[1] for d in draws], axis=1) if mala else None
+            if run.noise is not None:
+                step_noise = run.noise[step, rows.start : rows.stop]
             else:
-                z = np.stack([self.bundle.init.sample(rng) for rng in rngs])
-            for step in range(config.steps):
-                _, cond_grad = target(z)
-                prior_grad = self.bundle.prior.grad_log_prob(z) if config.prior_weight else None
-                if noise is not None:
-                    step_noise = noise[step, rows.start : rows.stop]
-                else:
-                    if step % NOISE_CHUNK == 0:  # one draw of [n, D] per chain gives the numbers of n draws of [D]
-                        count = min(NOISE_CHUNK, config.steps - step)
-                        chunk = np.stack([rng.standard_normal((count, dim), dtype=np.float32) for rng in rngs], axis=1)
-                    step_noise = chunk[step % NOISE_CHUNK]
-                z = sampler.step(z, cond_grad, prior_grad, step_noise, step)
-                if options.callback is not None:
-                    options.callback(number * config.steps + step + 1, total, z)
-            logp, _ = target(z)
-            z_out.append(z)
-            logp_out.append(logp)
-            pixels_out.append(self.decode(z))
-        pixels = np.concatenate(pixels_out)
+                step_noise = normal_chunk[step % NOISE_CHUNK]
+            uniform = uniform_chunk[step % NOISE_CHUNK] if mala else None
+            state = run.sampler.step(state, target, step_noise, uniform, step)
+            _check_finite(state, step + 1, config)
+            if options.callback is not None:
+                options.callback(number * config.steps + step + 1, total, state.z)
+        pixels = self.decode(state.z)
+        acceptance = state.accepted / config.steps if config.steps else np.ones(len(rows))
         return GenerationResult(
-            images=[Image.fromarray(image) for image in pixels],
-            z=np.concatenate(z_out), logp=np.concatenate(logp_out).astype(np.float32),
-            indices=[start + row for row in range(n)], options=options, config=config,
-            bundle_name=self.bundle.name, pixels=pixels,
+            images=[Image.fromarray(image) for image in pixels], z=state.z, logp=state.logp.astype(np.float32),
+            acceptance=acceptance.astype(np.float32), indices=[options.start_index + row for row in rows],
+            options=options, config=config, bundle_name=self.bundle.name, pixels=pixels,
         )
 
     @staticmethod
@@ -234,3 +295,13 @@ class Pipeline:
         if not np.all(np.isfinite(array)):
             raise InputError(f"{name} has non-finite values")
         return array.astype(np.float32)
+
+
+def _check_finite(state: ChainState, step: int, config: SamplerConfig) -> None:
+    """SamplingError when a chain's code, gradient or log-probability is not finite after `step` steps."""
+    for name, array in (("code z", state.z), ("gradient", state.grad), ("log-probability", state.logp)):
+        if not np.isfinite(array).all():
+            where = "at the start" if step == 0 else f"at step {step} of {config.steps}"
+            raise SamplingError(
+                f"the chains diverged {where} (non-finite {name}); lower --eps1 (now {config.eps1:g}) or "
+                f"--condition-scale (now {config.condition_scale:g}), or use --sampler mala; nothing was written")

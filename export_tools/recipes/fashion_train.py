@@ -1,12 +1,13 @@
-"""Training of the fashion-colors networks in four resumable stages, on CPU.
+"""Training of the fashion-colors networks in five resumable stages, on CPU.
 
 1. autoencoder: encoder E and generator G on pixels, with an auxiliary linear class loss on the
    code and Gaussian noise on the code before G (so G decodes a neighbourhood of each code).
-2. prior: whiten E's codes (mean/Cholesky baked into E and G as buffers) and fit a Gaussian
-   mixture with one full-covariance component per (class, colour) pair.
-3. head: the MLP head and the LRCN captioner, jointly, on noisy codes and on prior samples.
-4. generator: G fine-tuned DeePSiM-style (pixel + feature loss in E's space + adversarial) on
-   codes, plus, on prior samples, adversarial and cycle (E(G(z)) = z) losses.
+2. whitening: whiten E's codes (mean/Cholesky baked into E and G as buffers).
+3. flow: a Real NVP flow f from u ~ N(0, I) to the whitened codes, by maximum likelihood; the
+   bundle's latent is u (generator G(f(u)), encoder f^-1(E(x))), so its prior is exactly N(0, I).
+4. head: the MLP head and the LRCN captioner, jointly, on u = f^-1(E(x)) of training images with noise.
+5. generator: G fine-tuned DeePSiM-style (pixel + feature loss in E's space + adversarial) on
+   codes, plus, on flow samples f(u), adversarial and cycle (E(G(f(u))) = f(u)) losses.
 
 Everything lives in one checkpoint file, rewritten (temp name, then rename) after every epoch;
 the checkpoint stores a hash of the configuration and a resumed run refuses a different one.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,13 +27,13 @@ import torch
 from torch.nn import functional as F
 
 from export_tools import write_atomically
-from export_tools.priors import GaussianMixturePrior
 from export_tools.nets.fashion import Captioner, Discriminator, Encoder, Generator, Head
+from export_tools.nets.flow import RealNVP, flow_loss
 from export_tools.recipes.errors import RecipeError
 from export_tools.recipes.fashion_data import (CLASS_NAMES, COLOUR_NAMES, DATA_DIR, CaptionTable, load_split,
                                                vocabulary)
 
-STAGES = ("autoencoder", "prior", "head", "generator")
+STAGES = ("autoencoder", "whitening", "flow", "head", "generator")
 
 
 @dataclass
@@ -42,22 +44,26 @@ class TrainConfig:
     batch_size: int = 128  # images per optimisation step
     lr: float = 2e-3  # Adam learning rate of stages 1 and 3 (stage 3 uses half)
     autoencoder_epochs: int = 5  # stage 1 passes over the training set
-    head_epochs: int = 10  # stage 3 passes (cheap: MLP and LSTM on codes)
-    generator_epochs: int = 1  # stage 4 passes
+    flow_epochs: int = 40  # stage 3 passes (cheap: the flow on 64-d codes)
+    head_epochs: int = 10  # stage 4 passes (cheap: MLP and LSTM on codes)
+    generator_epochs: int = 1  # stage 5 passes
     code_noise: float = 0.2  # std of the noise added to the unit-variance raw code before G in stage 1
-    head_code_noise: float = 0.3  # std of the noise added to whitened codes when training the head
+    flow_couplings: int = 12  # affine couplings of the flow
+    flow_hidden: int = 256  # width of each coupling's MLP
+    flow_lr: float = 1e-3  # Adam learning rate of the flow (cosine-decayed over its epochs)
+    flow_code_noise: float = 0.05  # std of the noise added to whitened codes when fitting the flow (smooths it)
+    head_code_noise: float = 0.3  # std of the noise added to u = f^-1(code) when training the head
     class_weight: float = 0.05  # weight of the auxiliary class loss on the code in stage 1
-    feature_weight: float = 1.0  # stage 4: weight of the feature loss in E's space
-    adversarial_weight: float = 0.01  # stage 4: weight of the generator's adversarial loss
-    cycle_weight: float = 0.05  # stage 4: weight of |E(G(z)) - z|^2 on prior samples
-    prior_ridge: float = 0.01  # each mixture component's covariance gets ridge * (its mean variance) on the diagonal
+    feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
+    adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
+    cycle_weight: float = 0.05  # stage 5: weight of |E(G(z)) - z|^2 on flow samples
     train_limit: int | None = None  # use only the first N training images (tests, quick trials)
     seed: int = 0  # seed of initialisation, shuffling and noise
 
     def stage_epochs(self) -> dict[str, int]:
-        """Passes over the training set per stage (the prior is fitted in one pass)."""
-        return {"autoencoder": self.autoencoder_epochs, "prior": 1, "head": self.head_epochs,
-                "generator": self.generator_epochs}
+        """Passes over the training set per stage (the whitening is fitted in one pass)."""
+        return {"autoencoder": self.autoencoder_epochs, "whitening": 1, "flow": self.flow_epochs,
+                "head": self.head_epochs, "generator": self.generator_epochs}
 
     def identity(self) -> dict:
         """The fields that define what is trained; epoch counts only say how long, so a run may be extended."""
@@ -65,10 +71,6 @@ class TrainConfig:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def prior_state(prior: GaussianMixturePrior) -> dict[str, np.ndarray]:
-    return {"weights": prior.weights, "means": prior.means, "scale_tril": prior.scale_tril}
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Networks:
     captioner: Captioner
     discriminator: Discriminator
     aux_classifier: torch.nn.Linear  # stage 1 only: makes the raw code class-informative
+    flow: RealNVP  # u ~ N(0, I) -> whitened code
 
     @classmethod
     def build(cls, config: TrainConfig, vocab_size: int) -> "Networks":
@@ -93,12 +96,13 @@ class Networks:
             captioner=Captioner(head, vocab_size),
             discriminator=Discriminator(config.width),
             aux_classifier=torch.nn.Linear(config.latent_dim, len(CLASS_NAMES)),
+            flow=RealNVP(config.latent_dim, config.flow_couplings, config.flow_hidden, seed=config.seed),
         )
 
     def modules(self) -> dict[str, torch.nn.Module]:
         # the captioner's state includes the head's, so the head is saved through it
         return {"encoder": self.encoder, "generator": self.generator, "captioner": self.captioner,
-                "discriminator": self.discriminator, "aux_classifier": self.aux_classifier}
+                "discriminator": self.discriminator, "aux_classifier": self.aux_classifier, "flow": self.flow}
 
 
 @dataclass
@@ -120,7 +124,6 @@ class Trainer:
         self.vocab = vocabulary()
         self.nets = Networks.build(config, len(self.vocab))
         self.progress = Progress()
-        self.prior: GaussianMixturePrior | None = None  # over whitened codes; component = class * colours + colour
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.pending_optimizer_states: dict[str, dict] = {}  # from the checkpoint, applied when a stage starts
 
@@ -143,7 +146,6 @@ class Trainer:
         for name, module in self.nets.modules().items():
             module.load_state_dict(state["modules"][name])
         self.progress = Progress(**state["progress"])
-        self.prior = GaussianMixturePrior(**state["prior"]) if state["prior"] else None
         self.pending_optimizer_states = state["optimizers"]
         self.log(f"resumed from {self.checkpoint_path}: {self.progress.epochs_done}")
 
@@ -154,7 +156,6 @@ class Trainer:
             "modules": {name: module.state_dict() for name, module in self.nets.modules().items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "progress": asdict(self.progress),
-            "prior": prior_state(self.prior) if self.prior else None,
             "vocabulary": self.vocab,
         }
         write_atomically(self.checkpoint_path, lambda temp: torch.save(state, temp))
@@ -177,8 +178,8 @@ class Trainer:
         self.labels = torch.from_numpy(train.labels)
         self.colours = torch.from_numpy(train.colours)
         self.captions = CaptionTable(self.vocab)
-        steps = {"autoencoder": self.autoencoder_epoch, "prior": self.fit_prior, "head": self.head_epoch,
-                 "generator": self.generator_epoch}
+        steps = {"autoencoder": self.autoencoder_epoch, "whitening": self.fit_whitening, "flow": self.flow_epoch,
+                 "head": self.head_epoch, "generator": self.generator_epoch}
         for stage in STAGES:
             while self.progress.epochs_done[stage] < self.config.stage_epochs()[stage]:
                 epoch = self.progress.epochs_done[stage]
@@ -244,46 +245,67 @@ class Trainer:
         self.nets.encoder.eval()
         return self.over_training_set(self.nets.encoder)
 
-    def fit_prior(self, epoch: int) -> dict[str, float]:
+    def fit_whitening(self, epoch: int) -> dict[str, float]:
         encoder, generator = self.nets.encoder, self.nets.generator
         encoder.eval()
         raw = self.over_training_set(encoder.raw_code)
         with torch.no_grad():
             encoder.whitening.set(raw)
             generator.whitening.load_state_dict(encoder.whitening.state_dict())
-        codes = self.encode_all().numpy()
-        components = (self.labels * len(COLOUR_NAMES) + self.colours).numpy()
-        if np.bincount(components, minlength=len(CLASS_NAMES) * len(COLOUR_NAMES)).min() < 2:
-            raise RecipeError("some (class, colour) pair has fewer than 2 training images; use more (--train-limit)")
-        self.prior = GaussianMixturePrior.fit(codes, components, ridge=self.config.prior_ridge)
-        return {"code_std": float(codes.std()), "component_std": float(np.mean(
-            [np.sqrt(np.trace(t @ t.T) / t.shape[0]) for t in self.prior.scale_tril]))}
+        return {"code_std": float(self.encode_all().std())}
 
     # -- stage 3 --------------------------------------------------------------------------
 
-    def prior_batch(self, count: int, rng: np.random.Generator):
-        """Prior samples with the class and colour of their component: z [B, D], labels [B], colours [B]."""
-        z, component = (torch.from_numpy(a) for a in self.prior.sample_with_components(count, rng))
-        return z, component // len(COLOUR_NAMES), component % len(COLOUR_NAMES)
+    def flow_epoch(self, epoch: int) -> dict[str, float]:
+        nets, cfg = self.nets, self.config
+        codes = self.encode_all()
+        opt = self.optimizer("flow", nets.flow.parameters(), cfg.flow_lr)
+        for group in opt.param_groups:  # cosine decay over the stage, a function of the epoch (resumable)
+            group["lr"] = cfg.flow_lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, cfg.flow_epochs)))
+        nets.flow.train()
+        sums = {"nll": 0.0}
+        batches, started = self.batches(), time.time()
+        for step, index in enumerate(batches):
+            z = codes[index] + cfg.flow_code_noise * torch.randn(len(index), cfg.latent_dim)
+            loss = flow_loss(nets.flow, z)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(nets.flow.parameters(), 10.0)
+            opt.step()
+            sums["nll"] += loss.item()
+            self.report("flow", step, len(batches), started, sums)
+        nets.flow.eval()
+        return {k: v / len(batches) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def flow_codes(self) -> torch.Tensor:
+        """u = f^-1(E(x)) of the whole training set, float32 [N, D]."""
+        codes = self.encode_all()
+        self.nets.flow.eval()
+        return torch.cat([self.nets.flow.inverse(codes[i:i + 2000])[0] for i in range(0, len(codes), 2000)])
+
+    @torch.no_grad()
+    def flow_samples(self, count: int) -> torch.Tensor:
+        """Codes f(u) for u ~ N(0, I), float32 [count, D]."""
+        self.nets.flow.eval()
+        return self.nets.flow(torch.randn(count, self.config.latent_dim))
+
+    # -- stage 5 --------------------------------------------------------------------------
 
     def head_epoch(self, epoch: int) -> dict[str, float]:
         nets, cfg = self.nets, self.config
-        codes = self.encode_all()
+        codes = self.flow_codes()
         opt = self.optimizer("head", nets.captioner.parameters(), cfg.lr)
         rng = np.random.default_rng([cfg.seed, 3, epoch])
         sums = {"class": 0.0, "caption": 0.0, "accuracy": 0.0}
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
-            half = len(index) // 2
-            real = codes[index[:half]] + cfg.head_code_noise * torch.randn(half, cfg.latent_dim)
-            fake, fake_labels, fake_colours = self.prior_batch(len(index) - half, rng)
-            z = torch.cat([real, fake])
-            labels = torch.cat([self.labels[index[:half]], fake_labels])
-            colours = torch.cat([self.colours[index[:half]], fake_colours])
+            u = codes[index] + cfg.head_code_noise * torch.randn(len(index), cfg.latent_dim)
+            labels, colours = self.labels[index], self.colours[index]
             tokens, mask = (torch.from_numpy(a) for a in self.captions.sample(labels.numpy(), colours.numpy(), rng))
-            logits = nets.head(z)
+            logits = nets.head(u)
             klass = F.cross_entropy(logits, labels)
-            caption = -(nets.captioner(z, tokens, mask)).mean()
+            caption = -(nets.captioner(u, tokens, mask)).mean()
             loss = klass + caption
             opt.zero_grad()
             loss.backward()
@@ -294,7 +316,7 @@ class Trainer:
             self.report("head", step, len(batches), started, sums)
         return {k: v / len(batches) for k, v in sums.items()}
 
-    # -- stage 4 --------------------------------------------------------------------------
+    # -- stage 5 --------------------------------------------------------------------------
 
     def generator_epoch(self, epoch: int) -> dict[str, float]:
         nets, cfg = self.nets, self.config
@@ -303,7 +325,6 @@ class Trainer:
         encoder.requires_grad_(False)
         opt_g = self.optimizer("generator", generator.parameters(), cfg.lr / 2)
         opt_d = self.optimizer("discriminator", disc.parameters(), cfg.lr / 2)
-        rng = np.random.default_rng([cfg.seed, 4, epoch])
         sums = {"pixel": 0.0, "feature": 0.0, "cycle": 0.0, "adv_g": 0.0, "adv_d": 0.0}
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
@@ -311,10 +332,10 @@ class Trainer:
             with torch.no_grad():
                 z = encoder(x)
                 target_features = encoder.features(x)
-            z_prior, _, _ = self.prior_batch(len(index), rng)
+            z_prior = self.flow_samples(len(index))
             recon = generator(z)
             sampled = generator(z_prior)
-            # discriminator: real images against reconstructions and prior decodings
+            # discriminator: real images against reconstructions and decoded flow samples
             fake = torch.cat([recon, sampled]).detach()
             adv_d = F.softplus(-disc(x)).mean() + F.softplus(disc(fake)).mean()
             opt_d.zero_grad()
@@ -352,8 +373,8 @@ def describe_config_change(old: dict, new: dict) -> str:
     return ", ".join(changed) or "same values, different digest"
 
 
-def trained_networks(out_dir: Path) -> tuple[TrainConfig, Networks, GaussianMixturePrior, list[str]]:
-    """The finished networks (eval mode), prior and vocabulary from a completed training run."""
+def trained_networks(out_dir: Path) -> tuple[TrainConfig, Networks, list[str]]:
+    """The finished networks (eval mode) and vocabulary from a completed training run."""
     path = Path(out_dir) / "checkpoint.pt"
     if not path.exists():
         raise RecipeError(f"no checkpoint in {out_dir}; train first: python -m export_tools.recipes.fashion train --out {out_dir}")
@@ -367,4 +388,4 @@ def trained_networks(out_dir: Path) -> tuple[TrainConfig, Networks, GaussianMixt
     for name, module in nets.modules().items():
         module.load_state_dict(state["modules"][name])
         module.eval()
-    return config, nets, GaussianMixturePrior(**state["prior"]), state["vocabulary"]
+    return config, nets, state["vocabulary"]

@@ -46,7 +46,7 @@ def test_a_directory_without_manifest_is_refused(tmp_path):
     "change, message",
     [
         (lambda m: m.update(format="other"), "'format'"),
-        (lambda m: m.update(format_version=2), "'format_version'"),
+        (lambda m: m.update(format_version=3), "'format_version'"),
         (lambda m: m.update(name="Bad Name"), "'name'"),
         (lambda m: m["latent"].update(dim=0), "'latent.dim'"),
         (lambda m: m["latent"].update(prior={"kind": "gaussian", "mean": 0, "std": 0}), "'latent.prior.std'"),

@@ -49,9 +49,10 @@ def test_generate_writes_pngs_with_their_parameters(run, tiny_bundle_template):
     with Image.open(files[2]) as image:
         assert "--start-index 2" in image.text["Comment"]
     assert Path(summary["grid"]).is_file()
-    with Image.open("chain.gif") as gif:
+    with Image.open("out/chain.gif") as gif:  # a bare file name goes beside the images
         assert gif.n_frames == 5 and gif.size[0] >= 128
-    assert sorted(p.name for p in Path("out").iterdir()) == sorted([f.name for f in files] + ["sneaker-s11-0000-grid.png"])
+    assert sorted(p.name for p in Path("out").iterdir()) == sorted([f.name for f in files] + ["sneaker-s11-0000-grid.png",
+                                                                                               "chain.gif"])
 
     again = run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "-n", 1, "--seed", 11, "--steps", 5,
                 "--start-index", 2, "--out", "again")
@@ -100,9 +101,12 @@ BAD_INPUTS = [
     (["--caption", "a green sneaker"], "not in the bundle's vocabulary: green", None),
     (["--class", "sneaker", "--eps1", "nan"], "eps1 must be a finite number > 0", None),
     (["--class", "sneaker", "--eps2", "-1"], "eps2 must be a finite number >= 0", None),
-    (["--class", "sneaker", "--steps", "0"], "steps must be an integer", None),
+    (["--class", "sneaker", "--steps", "-1"], "steps must be an integer", None),
     (["--class", "sneaker", "--steps", "many"], "'many' is not a valid integer", None),
-    (["--class", "sneaker", "-n", "0"], "-n must be from 1", None),
+    (["--class", "sneaker", "-n", "0"], "n must be an integer from 1", None),
+    (["--class", "sneaker", "--eps1", "1e30"], "diverged", None),
+    (["--class", "sneaker", "--then", "bag"], "unknown class 'bag'", None),
+    (["--class", "sneaker", "--sampler", "mala", "--eps2", "0"], "mala sampler needs noise", None),
     (["--class", "sneaker", "--batch-size", "0"], "batch size must be", None),
     (["--class", "sneaker", "--caption", "a red sneaker"], "exactly one of --class or --caption", None),
     (["--class", "sneaker", "--device", "cuda"], "no CUDA provider", None),

@@ -7,7 +7,8 @@ import pytest
 from runtime_bundles import D, H, K, T, W, edit_manifest, sha256_file
 from PIL import Image
 
-from latent_onnx import GenerateOptions, InputError, Pipeline, SamplerConfig, SGLDSampler
+from latent_onnx import GenerateOptions, InputError, Pipeline
+from latent_onnx.errors import SamplingError
 from latent_onnx.images import to_pixels
 from latent_onnx.sessions import SessionFactory
 
@@ -40,14 +41,59 @@ def test_injected_start_and_noise_follow_the_update_rule(tiny_pipeline):
     result = tiny_pipeline.generate(classes="sneaker:0.7,sandal:0.3", n=n, seed=0, steps=steps, eps1=0.1, eps2=0.01,
                                     prior_weight=0.5, init_z=init_z, noise=noise)
     weights = np.tile(np.array([0.7, 0.3, 0.0], dtype=np.float32), (n, 1))
-    sampler = SGLDSampler(SamplerConfig(steps=steps, eps1=0.1, eps2=0.01, prior_weight=0.5))
     z = init_z
     for t in range(steps):
         grad = tiny_pipeline.runner("class_grad").run(z=z, weights=weights)["grad"]
-        z = sampler.step(z, grad, -z, noise[t], t)
+        z = z + 0.1 * (grad + 0.5 * -z) + 0.1 * noise[t]  # the SGLD update written out; the prior is N(0, I)
     np.testing.assert_allclose(result.z, z, atol=1e-5)
     expected_logp = tiny_pipeline.runner("class_grad").run(z=z, weights=weights)["logp"]
     np.testing.assert_allclose(result.logp, expected_logp, atol=1e-5)
+    np.testing.assert_array_equal(result.acceptance, [1.0, 1.0])
+
+
+def test_zero_steps_decode_the_start(tiny_pipeline):
+    init_z = np.random.default_rng(5).standard_normal((2, D)).astype(np.float32)
+    result = tiny_pipeline.generate(classes="sneaker", n=2, seed=0, steps=0, init_z=init_z)
+    np.testing.assert_array_equal(result.z, init_z)
+    np.testing.assert_array_equal(result.pixels, tiny_pipeline.decode(init_z))
+
+
+def test_mala_reports_its_acceptance_and_keeps_rejected_chains_in_place(tiny_pipeline):
+    tiny = tiny_pipeline.generate(classes="sneaker", n=8, seed=0, steps=30, method="mala", eps1=0.01, eps2=0.02)
+    huge = tiny_pipeline.generate(classes="sneaker", n=8, seed=0, steps=30, method="mala", eps1=50.0, eps2=100.0)
+    assert tiny.acceptance.mean() > 0.8 and huge.acceptance.mean() < 0.2
+    assert tiny.config.method == "mala" and np.isfinite(huge.z).all()
+
+
+def test_a_chain_switches_its_condition_mid_run(tiny_pipeline):
+    options = dict(n=16, seed=3, steps=80, eps1=0.05, eps2=0.0, prior_weight=0.0)
+    switched = tiny_pipeline.generate(classes="sneaker", then="sandal", switch_at=40, **options)
+    direct = tiny_pipeline.generate(classes="sandal", **options)
+    sandal = tiny_pipeline.runner("classifier").run(z=switched.z)["logits"].argmax(1)
+    assert switched.options.switch_at == 40 and np.mean(sandal == 1) > 0.9
+    np.testing.assert_allclose(switched.logp, tiny_pipeline.runner("class_grad").run(
+        z=switched.z, weights=np.tile(tiny_pipeline.class_weights("sandal"), (16, 1)))["logp"], atol=1e-5)
+    assert not np.allclose(switched.z, direct.z)
+    assert tiny_pipeline.generate(classes="sneaker", then="sandal", **options).options.switch_at == 40  # default: half
+    with pytest.raises(InputError, match="switch_at must be an integer from 1 to 79"):
+        tiny_pipeline.generate(classes="sneaker", then="sandal", switch_at=80, **options)
+    with pytest.raises(InputError, match="needs a condition to switch to"):
+        tiny_pipeline.generate(classes="sneaker", switch_at=3, **options)
+
+
+def test_a_diverging_chain_is_an_error_that_names_the_settings(tiny_pipeline):
+    init_z = np.full((1, D), 1e30, np.float32)
+    with pytest.raises(SamplingError, match=r"diverged at step \d+ of 50.*lower --eps1 \(now 1e\+30\)"):
+        tiny_pipeline.generate(classes="sneaker", n=1, seed=0, steps=50, eps1=1e30, init_z=init_z)
+
+
+def test_iter_batches_yields_each_batch_and_checks_everything_first(tiny_pipeline):
+    parts = list(tiny_pipeline.iter_batches(classes="sandal", n=5, seed=7, batch_size=2, steps=3))
+    assert [p.indices for p in parts] == [[0, 1], [2, 3], [4]]
+    whole = tiny_pipeline.generate(classes="sandal", n=5, seed=7, batch_size=2, steps=3)
+    np.testing.assert_array_equal(np.concatenate([p.z for p in parts]), whole.z)
+    with pytest.raises(InputError, match="unknown class"):
+        tiny_pipeline.iter_batches(classes="sandals!", n=5)  # raised before any batch runs
 
 
 def test_sampling_raises_the_log_probability_of_the_class(tiny_pipeline):
@@ -95,7 +141,7 @@ def test_caption_sampling_raises_the_caption_log_probability(tiny_pipeline):
 
 
 def test_composite_path_uses_the_composite_graph(tiny_pipeline):
-    options = GenerateOptions(classes="sneaker", n=2, seed=4, steps=3)
+    options = GenerateOptions(classes="sneaker", n=2, seed=4).updated(steps=3)
     latent = tiny_pipeline.generate(options)
     composite = tiny_pipeline.generate(options, path="composite")
     assert not np.allclose(latent.z, composite.z)
@@ -122,7 +168,7 @@ def test_preset_and_overrides_resolve_in_order(tiny_pipeline):
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"n": 0}, "n must be"), ({"batch_size": 0}, "batch size"), ({"seed": -1}, "seed"), ({"steps": 0}, "steps"),
+    [({"n": 0}, "n must be"), ({"batch_size": 0}, "batch size"), ({"seed": -1}, "seed"), ({"steps": -1}, "steps"),
      ({"eps1": float("inf")}, "eps1"), ({"path": "other"}, "path must be"), ({"classes": None}, "exactly one"),
      ({"caption": "a red sneaker"}, "exactly one"), ({"init_z": np.zeros((2, D))}, r"init_z must be .* shape \[1, 6\]"),
      ({"noise": np.full((20, 1, D), np.nan, np.float32)}, "non-finite")],
