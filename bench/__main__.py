@@ -10,6 +10,10 @@ end; the better of the two) is always measured. Sections (all by default; pick w
 - precision: the default bundle's samples with float32 and with int8 class_grad weights, judged by
             the fashion recipe's independent evaluator (needs its checkpoint, --evaluator);
 - coldstart: process start to first image, and peak memory, of `latent-onnx generate`.
+- dataset:  images per second of `latent-onnx dataset` on the default bundle: local 1 and 2 workers,
+            Ray with 2 actors, at equal cores (bench/dataset.py).
+- serve:    requests per second and p50 / p99 latency of `latent-onnx serve` (n = 1 requests, 1, 4 and 16
+            clients) on the default bundle, against the Python API in the same process (bench/serve.py).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import onnx
 from bench.machine import GraphCost, MachineBounds, best_bounds, graph_cost, measure_machine
 from bench.report import write_results
 
-SECTIONS = ("imagenet", "default", "eager", "variants", "precision", "coldstart")
+SECTIONS = ("imagenet", "default", "eager", "variants", "precision", "coldstart", "dataset", "serve")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO / "onnx_models" / "fashion-colors"
 
@@ -238,7 +242,7 @@ def run(sections, batches, latent_steps, composite_steps, threads, device, width
         bundle = ensure_bundle(cache, width, say, refresh=re_export)
         imagenet_pipe = Pipeline.from_bundle(bundle, device=device, threads=threads)
     default_pipe = None
-    if {"default", "coldstart", "precision"} & set(chosen) and (Path(default_bundle) / "manifest.json").is_file():
+    if {"default", "coldstart", "precision", "serve"} & set(chosen) and (Path(default_bundle) / "manifest.json").is_file():
         default_pipe = Pipeline.from_bundle(default_bundle, device=device, threads=threads)
     measured = imagenet_pipe or default_pipe  # the bound is measured over the weights of its latent step
     working_set = graph_cost(onnx.load_from_string(measured.bundle.graph_bytes("class_grad"))).weight_bytes \
@@ -284,6 +288,20 @@ def run(sections, batches, latent_steps, composite_steps, threads, device, width
             results["coldstart"] = {**best.to_dict(), "runs": [run.to_dict() for run in runs]}
         else:
             results["coldstart"] = {"skipped": f"no bundle at {default_bundle}"}
+    if "dataset" in chosen:
+        from bench.dataset import dataset_section
+
+        if (Path(default_bundle) / "manifest.json").is_file():
+            say("dataset writing: local 1 and 2 workers, Ray 2 actors ...")
+            results["dataset"] = dataset_section(Path(default_bundle), say)
+        else:
+            results["dataset"] = {"skipped": f"no bundle at {default_bundle}"}
+    if "serve" in chosen:
+        from bench.serve import serve_section
+
+        say("serve: HTTP against the Python API ...")
+        results["serve"] = serve_section(default_bundle, say) if default_pipe is not None else {
+            "skipped": f"no bundle at {default_bundle}"}
     say("measuring the machine again (the bound is the best of both) ...")
     bounds = best_bounds(bounds, measure_machine(threads, working_set))
     results["machine"] = dataclasses.asdict(bounds)

@@ -124,6 +124,14 @@ def markdown(results: dict) -> str:
             lines += _table(["bundle", "steps", "start to first image s", "start to exit s", "peak RSS MiB"],
                             [[Path(c["bundle"]).name, str(c["steps"]), f"{c['first_image_s']:.2f}", f"{c['exit_s']:.2f}",
                               f"{c['peak_rss_mb']:.0f}"]]) + [f"Best of {len(c['runs'])} runs.", ""]
+    if "dataset" in results:
+        from bench.dataset import markdown_lines
+
+        lines += markdown_lines(results["dataset"])
+    if "serve" in results:
+        from bench.serve import markdown_lines as serve_lines
+
+        lines += serve_lines(results["serve"])
     return "\n".join(lines)
 
 

@@ -54,13 +54,25 @@ class LazyGroup(click.Group):
             raise ExportError(f"{module_name}.{attribute} is not a click command: cannot offer `{name}`")
         return command
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of --help; a lazy command that needs torch where torch is missing is listed, not imported."""
+        rows = []
+        for name in self.list_commands(ctx):
+            try:
+                command = self.get_command(ctx, name)
+            except ExportError:
+                rows.append((name, "(needs the export extra: torch, onnx, onnxscript)"))
+                continue
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - max(len(n) for n in self.list_commands(ctx)))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 @click.group(cls=LazyGroup)
-@click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli() -> None:
     """Export PyTorch networks to validated ONNX graphs and write latent-onnx bundles."""
-    if ctx.invoked_subcommand is not None:
-        require_torch()
 
 
 def load_factory(reference: str):
@@ -85,6 +97,7 @@ def load_factory(reference: str):
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch CPU threads")
 def build(factory: str, out: str, overwrite: bool, threads: int | None) -> None:
     """Write the bundle described by FACTORY ("package.module:function" returning a BundleSpec) to OUT."""
+    require_torch()
     import torch
 
     from export_tools.bundle_writer import BundleSpec, write_bundle

@@ -6,6 +6,7 @@ checked against its sha256, and graphs are handed out as verified bytes (never r
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import json
@@ -112,24 +113,33 @@ def shipped_bundle_names() -> list[str]:
     return sorted(p.name for p in directory.iterdir() if (p / "manifest.json").is_file())
 
 
+def looks_like_path(text: str) -> bool:
+    """A bundle reference is a path when it contains a folder separator or starts with `.` or `~`;
+    anything else is the name of a shipped bundle (so a folder in the working directory never shadows one)."""
+    separators = [os.sep] + ([os.altsep] if os.altsep else []) + ["/"]
+    return any(sep in text for sep in separators) or text.startswith((".", "~"))
+
+
 def resolve_bundle_dir(path_or_name: str | os.PathLike | None) -> Path:
     """The bundle directory for a path, a shipped bundle name, or None (env LATENT_ONNX_BUNDLE, else the default)."""
     if path_or_name is None:
         path_or_name = os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE
     text = os.fspath(path_or_name)
-    looks_like_path = isinstance(path_or_name, os.PathLike) or "/" in text or os.sep in text or text.startswith((".", "~"))
-    if looks_like_path or (Path(text) / "manifest.json").is_file():
+    if isinstance(path_or_name, os.PathLike) or looks_like_path(text):
         path = Path(text).expanduser()
         if not (path / "manifest.json").is_file():
             raise BundleError(f"{path} is not a bundle directory (no manifest.json in it)")
         return path.resolve()
-    shipped = shipped_models_dir() / text
-    if (shipped / "manifest.json").is_file():
-        return shipped.resolve()
     names = shipped_bundle_names()
+    if text in names:
+        return (shipped_models_dir() / text).resolve()
+    close = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
     available = f"shipped bundles: {', '.join(names)}" if names else "no bundle is shipped in this installation"
+    folder = f"; for the folder of that name write ./{text}" if Path(text).is_dir() else ""
     raise BundleError(
-        f"no bundle named '{text}' ({available}); pass --bundle PATH (or set {BUNDLE_ENV}) to a bundle directory"
+        f"no bundle named '{text}' ({hint}{available}); pass --bundle PATH (or set {BUNDLE_ENV}) to a bundle"
+        f" directory (a path contains a / or starts with . or ~){folder}"
     )
 
 
@@ -190,6 +200,37 @@ def _read_verified(root: Path, ref: FileRef) -> bytes:
     return data
 
 
+def _mixture_arrays(data: bytes) -> dict[str, np.ndarray] | str:
+    """The float64 arrays of a prior .npz, or what is wrong with it (a file from the bundle: any shape of damage)."""
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return "not an .npz archive"
+        with loaded as npz:
+            raw = {key: npz[key] for key in ("weights", "means", "scale_tril")}
+    except Exception as error:  # numpy and zipfile raise many kinds (ValueError, BadZipFile, EOFError, KeyError ...)
+        return f"{type(error).__name__}: {error}".splitlines()[0]
+    for key, array in raw.items():
+        if array.dtype.kind not in "fiu":
+            return f"{key} has dtype {array.dtype}"
+    return {key: array.astype(np.float64) for key, array in raw.items()}
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+F32_MAX = float(np.finfo(np.float32).max)  # numbers the graphs and the sampler see are float32
+MAX_DIM = 1 << 16  # latent.dim, image sides, caption.max_tokens: far above any real bundle, below memory errors
+
+
 class _ManifestReader:
     """Validates manifest.json field by field; every error names the field."""
 
@@ -202,10 +243,10 @@ class _ManifestReader:
     def read(self) -> Bundle:
         try:
             raw = (self.root / "manifest.json").read_bytes()
-            manifest = json.loads(raw.decode("utf-8"))
+            manifest = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
         except json.JSONDecodeError as error:
             raise BundleError(f"bundle {self.root}: manifest.json is not valid JSON (line {error.lineno}: {error.msg})") from None
-        except (OSError, UnicodeDecodeError) as error:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: NaN, 1e999, huge ints
             raise BundleError(f"bundle {self.root}: cannot read manifest.json ({error})") from None
         m = self.obj(manifest, "(top level)", required=set(), optional=_TOP_KEYS)
         if m.get("format") != FORMAT:
@@ -286,16 +327,16 @@ class _ManifestReader:
             self.fail(key, "must be a string")
         return value
 
-    def integer(self, obj: dict, key: str, where: str, minimum: int) -> int:
+    def integer(self, obj: dict, key: str, where: str, minimum: int, maximum: int = MAX_DIM) -> int:
         value = obj.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            self.fail(where, f"must be an integer >= {minimum}")
+        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+            self.fail(where, f"must be an integer from {minimum} to {maximum}")
         return value
 
     def number(self, value, where: str, minimum: float, strict: bool) -> float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= F32_MAX
         if not ok or value < minimum or (strict and value == minimum):
-            self.fail(where, f"must be a finite number {'>' if strict else '>='} {minimum:g}")
+            self.fail(where, f"must be a finite float32 number {'>' if strict else '>='} {minimum:g}")
         return float(value)
 
     def file_ref(self, value, where: str) -> FileRef:
@@ -344,11 +385,11 @@ class _ManifestReader:
         self.obj(value, where, required={"kind", "file", "sha256", "components"})
         components = self.integer(value, "components", f"{where}.components", minimum=1)
         ref = self.file_ref({"file": value["file"], "sha256": value["sha256"]}, where)
-        try:
-            with np.load(io.BytesIO(_read_verified(self.root, ref)), allow_pickle=False) as npz:
-                arrays = {key: np.asarray(npz[key], dtype=np.float64) for key in ("weights", "means", "scale_tril")}
-        except (KeyError, ValueError, OSError) as error:
-            raise BundleError(f"bundle {self.root}: '{ref.file}' ({where}) is not a prior .npz with weights, means, scale_tril ({error})") from None
+        data = _read_verified(self.root, ref)
+        arrays = _mixture_arrays(data)
+        if isinstance(arrays, str):
+            raise BundleError(f"bundle {self.root}: '{ref.file}' ({where}) is not a prior .npz with float arrays"
+                              f" weights, means, scale_tril ({arrays})")
         problem = check_mixture_arrays(arrays["weights"], arrays["means"], arrays["scale_tril"], dim)
         if problem is None and len(arrays["weights"]) != components:
             problem = f"holds {len(arrays['weights'])} components, the manifest says {components}"
@@ -381,6 +422,8 @@ class _ManifestReader:
         required = set() if partial else {"steps", "eps1", "eps2", "prior_weight"}
         value = self.obj(value if value is not None or partial else None, where, required=required, optional=set(SAMPLER_KEYS))
         for key, item in value.items():
+            if key == "start" and item == "image":
+                self.fail(f"{where}.{key}", "cannot be \"image\" (that start is set by an init image)")
             try:
                 SamplerConfig().updated(**{key: item})
             except InputError as error:

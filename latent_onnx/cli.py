@@ -5,12 +5,16 @@ Every error a user can cause ends as one line on stderr and a non-zero exit code
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
+import signal
 import sys
+import threading
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -24,19 +28,21 @@ from . import __version__
 from .bundle import BUNDLE_ENV, DEFAULT_BUNDLE, load_bundle
 from .conditioning import ClassIndex
 from .dataset import BACKENDS as DATASET_BACKENDS, FORMATS as DATASET_FORMATS
-from .errors import InputError, LatentOnnxError, OutputError
-from .images import PNG_TEXT_KEY, check_new_files, check_output_dir, make_grid, read_image, save_gif, save_png
-from .metadata import png_text
+from .errors import InputError, LatentOnnxError, OutputError, printable
+from .images import (GUTTER_GREY, PNG_TEXT_KEY, RESAMPLES, check_output_dir, make_grid, read_image, save_gif, save_png,
+                     stored_parameters, upscaled)
+from .metadata import parameters, png_text
 from .pipeline import MAX_SAMPLES, PATHS, GenerateOptions, Pipeline
 from .sampler import SamplerConfig
 from .sessions import DEVICES
 
 TRAJECTORY_FRAMES = 60  # about this many frames (at most 2 more) in a --save-trajectory GIF
-MIN_GIF_SIZE = 128  # GIF frames are scaled up (nearest) to at least this many pixels high
+MIN_GIF_SIZE = 128  # GIF frames are scaled up (by --upscale, or more) to at least this many pixels high
+MAX_UPSCALE = 64
 
 
 EXIT_CODES = """Exit codes: 0 done; 2 bad input; 3 bundle missing, damaged or tampered with; 4 device unavailable;
-5 output not writable or would be overwritten; 7 sampling diverged; 130 interrupted."""
+5 output not writable or would be overwritten; 7 sampling diverged; 130 interrupted; 143 terminated (SIGTERM)."""
 
 GENERATE_EPILOG = """\b
 Examples:
@@ -52,7 +58,7 @@ Examples:
 
 
 def _fail(message: str, code: int):
-    click.echo(f"latent-onnx: error: {' '.join(message.split())}", err=True)
+    click.echo(f"latent-onnx: error: {printable(' '.join(message.split()))}", err=True)
     sys.exit(code)
 
 
@@ -83,7 +89,7 @@ _bundle_option = click.option(
 )
 
 
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="latent-onnx")
 def cli():
     """Conditional image generation by Langevin sampling of a generator's latent code (ONNX Runtime)."""
@@ -111,15 +117,82 @@ def _sampler_options(function):
     return function
 
 
-def _upscaled(images: np.ndarray, minimum: int) -> list[Image.Image]:
-    factor = max(1, -(-minimum // images.shape[1]))
-    return [Image.fromarray(image).resize((image.shape[1] * factor, image.shape[0] * factor), Image.Resampling.NEAREST) for image in images]
+def _output_path(text: str, out_dir: Path) -> Path:
+    """A user's file name: `~` expanded; a bare name (no folder separator) goes into the --out folder, a path
+    (`./chain.gif`, `sub/chain.gif`, `/tmp/chain.gif`) is taken as given."""
+    path = Path(text).expanduser()
+    return path if "/" in text or os.sep in text or text.startswith("~") else out_dir / path
 
 
-def _output_path(text: Path, out_dir: Path) -> Path:
-    """A user's file name: `~` expanded; a bare name (no folder part) goes into the --out folder."""
-    path = text.expanduser()
-    return out_dir / path if path.parent == Path(".") and not str(text).startswith(".") else path
+class _Stopped(LatentOnnxError):
+    """A run stopped by SIGINT (exit 130) or SIGTERM (exit 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__("interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)")
+        self.exit_code = 128 + signum
+
+
+class _CleanStop:
+    """While a run writes files: the first SIGINT or SIGTERM asks for a clean stop, taken at the next step or
+    file (`check`), so no write is cut short; a second SIGINT interrupts at once."""
+
+    def __enter__(self) -> "_CleanStop":
+        self.signum, self._previous = None, {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise _Stopped(self.signum)
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _same_parameters(stored: dict | None, expected: dict) -> bool:
+    """Whether a file's stored parameters are `expected` (logp, an outcome, left out)."""
+    return stored is not None and {k: v for k, v in stored.items() if k != "logp"} == expected
+
+
+def _index_ranges(indices: list[int]) -> list[range]:
+    """Consecutive runs of sorted sample indices."""
+    ranges: list[range] = []
+    for index in indices:
+        if ranges and ranges[-1].stop == index:
+            ranges[-1] = range(ranges[-1].start, index + 1)
+        else:
+            ranges.append(range(index, index + 1))
+    return ranges
+
+
+def _written_list(files: dict[int, Path], written: list[int]) -> str:
+    """Exactly which of `files` (index -> path) were written, as name ranges."""
+    parts = [files[r.start].name if len(r) == 1 else f"{files[r.start].name} .. {files[r[-1]].name}"
+             for r in _index_ranges(sorted(written))]
+    return ", ".join(parts)
+
+
+def _json_safe(value):
+    """`value` with every non-finite float replaced by None, so that JSON output never holds a bare NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _echo_json(value) -> None:
+    click.echo(json.dumps(_json_safe(value), allow_nan=False))
 
 
 @cli.command(epilog=GENERATE_EPILOG)
@@ -139,13 +212,20 @@ def _output_path(text: Path, out_dir: Path) -> Path:
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True, help="Output folder.")
-@click.option("--grid", is_flag=True, help="Also write all images as one grid PNG.")
-@click.option("--save-trajectory", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.gif", help="Write an animated GIF of the first chain (a bare name goes into --out).")
-@click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
+@click.option("--upscale", type=click.IntRange(1, MAX_UPSCALE), default=1, show_default=True, help="Scale the images up by this integer factor (the grid and the GIF too).")
+@click.option("--resample", type=click.Choice(tuple(RESAMPLES)), default="nearest", show_default=True, help="The filter of --upscale.")
+@click.option("--grid", is_flag=True, help="Also write all images as one grid PNG (grey gutters).")
+@click.option("--save-trajectory", type=click.Path(dir_okay=False), default=None, metavar="FILE.gif", help="Write an animated GIF of the first chain (a bare name goes into --out).")
+@click.option("--overwrite", is_flag=True, help="Replace existing files made with other parameters.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the files and parameters.")
 def generate(classes, caption, then, switch_at, n, seed, start_index, preset, batch_size, path, init_image, bundle,
-             device, threads, out_dir, grid, save_trajectory, overwrite, as_json, **sampler):
-    """Generate images of a class (or mix of classes) or of a caption."""
+             device, threads, out_dir, upscale, resample, grid, save_trajectory, overwrite, as_json, **sampler):
+    """Generate images of a class (or mix of classes) or of a caption.
+
+    Each batch's PNGs are written as it finishes. A file that already exists with the same generation
+    parameters is kept (so the same command again resumes a stopped run); one with other parameters is
+    refused unless --overwrite.
+    """
     if (classes is None) == (caption is None):
         raise InputError("give exactly one of --class or --caption")
     seed = secrets.randbits(32) if seed is None else seed
@@ -153,125 +233,177 @@ def generate(classes, caption, then, switch_at, n, seed, start_index, preset, ba
                               start_index=start_index, batch_size=batch_size, preset=preset, path=path).updated(**sampler)
     out_dir = out_dir.expanduser()
     check_output_dir(out_dir)
-    stem = f"{_stem(classes if classes is not None else caption)}-s{seed}"
-    files = [out_dir / f"{stem}-{start_index + i:04d}.png" for i in range(max(0, min(n, MAX_SAMPLES)))]
-    grid_file = out_dir / f"{stem}-{start_index:04d}-grid.png" if grid else None
     trajectory = _output_path(save_trajectory, out_dir) if save_trajectory is not None else None
-    extra_files = [p for p in (grid_file, trajectory) if p is not None]
     if trajectory is not None:
         check_output_dir(trajectory.parent)
-    check_new_files(files + extra_files, overwrite)
-    resolved = [p.resolve() for p in files + extra_files]
-    if len(set(resolved)) != len(resolved):
-        raise OutputError("--save-trajectory names a file the images would use; choose another name")
-
-    init = init_sha = None
+    init_sha = None
     if init_image is not None:
         init, init_sha = read_image(init_image, "--init-image")
         options = replace(options, init_image=init)
 
     pipe = Pipeline.from_bundle(bundle, device=device, threads=threads)
-    config = pipe.sampler_config(preset, **options.sampler)
+    options, config = pipe.resolve(options)
+    scaling = {"upscale": upscale, "resample": resample}
+    expected = functools.partial(parameters, pipe.bundle, options, config, init_image_sha256=init_sha, **scaling)
+    stem = f"{_stem(classes if classes is not None else caption)}-s{seed}"
+    files = {i: out_dir / f"{stem}-{i:04d}.png" for i in range(start_index, start_index + n)}
+    grid_file = out_dir / f"{stem}-{start_index:04d}-grid.png" if grid else None
+    grid_parameters = {"grid": [f.name for f in files.values()], **scaling}
+    gif_scale = max(upscale, -(-MIN_GIF_SIZE // pipe.bundle.image_hw[0]))
+    gif_parameters = {"trajectory": expected(start_index), "frames": TRAJECTORY_FRAMES, "scale": gif_scale}
+    extra_files = [p for p in (grid_file, trajectory) if p is not None]
+    resolved = [p.resolve() for p in [*files.values(), *extra_files]]
+    if len(set(resolved)) != len(resolved):
+        raise OutputError("--save-trajectory names a file the images or the grid would use; choose another name")
+
+    kept: dict[int, float | None] = {}  # index -> the logp its existing file records
+    for index, file in files.items():
+        if file.exists() or file.is_symlink():
+            stored = stored_parameters(file)
+            if _same_parameters(stored, expected(index)):
+                kept[index] = stored.get("logp") if isinstance(stored.get("logp"), float) else None
+            else:
+                _refuse_unless(overwrite, file)
+    for extra, wanted in ((grid_file, grid_parameters), (trajectory, gif_parameters)):
+        if extra is not None and (extra.exists() or extra.is_symlink()) and stored_parameters(extra) != wanted:
+            _refuse_unless(overwrite, extra)
+    make_gif = trajectory is not None and not (trajectory.exists() and stored_parameters(trajectory) == gif_parameters)
+    to_make = [i for i in files if i not in kept]
+    to_run = sorted({*to_make, *([start_index] if make_gif else [])})
+
+    console = Console(stderr=True, markup=False, highlight=False)
+    show_bar, show_lines = not as_json and console.is_terminal, not as_json and not console.is_terminal
+    batches_total = sum(-(-len(r) // batch_size) for r in _index_ranges(to_run))
     frame_every = max(1, -(-config.steps // TRAJECTORY_FRAMES))
     frames: list[np.ndarray] = []
-    console = Console(stderr=True, markup=False, highlight=False)
-    show_progress = not as_json and console.is_terminal
-    written: list[Path] = []
-    results = []
+    made: dict[int, tuple[float, float]] = {}  # index -> (logp, acceptance)
+    written: list[int] = []
+    try:
+        with _CleanStop() as stop, Progress(
+                TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeRemainingColumn(),
+                console=console, transient=True, disable=not show_bar) as progress:
+            task = progress.add_task("sampling", total=len(to_make))
 
-    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeRemainingColumn(),
-                  console=console, transient=True, disable=not show_progress) as progress:
-        task = progress.add_task("sampling", total=n)
+            def on_step(step: int, total: int, z: np.ndarray):
+                stop.check()
+                first_chain = make_gif and not made and step <= config.steps  # the first batch's first chain
+                if first_chain and (step % frame_every == 0 or step in (1, config.steps)):
+                    frames.append(z[0].copy())
 
-        def on_step(step: int, total: int, z: np.ndarray):
-            first_chain = step <= config.steps
-            if trajectory is not None and first_chain and (step % frame_every == 0 or step in (1, config.steps)):
-                frames.append(z[0].copy())
+            batches_done = 0
+            for group in _index_ranges(to_run):
+                group_options = replace(options, start_index=group.start, n=len(group), callback=on_step)
+                for batch in pipe.iter_batches(group_options):
+                    if make_gif and not frames:  # no steps: the start is the one frame
+                        frames.append(batch.z[0])
+                    for row, index in enumerate(batch.indices):
+                        made[index] = (float(batch.logp[row]), float(batch.acceptance[row]))
+                        if index in kept:
+                            continue
+                        stop.check()
+                        save_png(upscaled(batch.images[row], upscale, resample), files[index],
+                                 png_text(pipe.bundle, batch, row, init_image=_init_ref(init_image),
+                                          init_image_sha256=init_sha, **scaling))
+                        written.append(index)
+                    batches_done += 1
+                    progress.update(task, completed=len(written))
+                    if show_lines:
+                        console.print(f"latent-onnx: batch {batches_done} of {batches_total} done, {len(written)} of "
+                                      f"{len(to_make)} image(s) written")
+            stop.check()
+            if grid_file is not None:
+                pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files.values()])
+                save_png(make_grid(pixels, gap=max(2, upscale), background=GUTTER_GREY), grid_file,
+                         {PNG_TEXT_KEY: json.dumps(grid_parameters)})
+            if make_gif:
+                images = [upscaled(Image.fromarray(image), gif_scale, resample) for image in pipe.decode(np.stack(frames))]
+                save_gif(images, trajectory, comment=json.dumps(gif_parameters))
+    except (LatentOnnxError, KeyboardInterrupt) as error:
+        stopped = error if isinstance(error, LatentOnnxError) else _Stopped(signal.SIGINT)
+        what = (f"wrote {len(written)} of {len(to_make)} image(s) to {out_dir}{os.sep}: {_written_list(files, written)}"
+                if written else "no image was written")
+        if written or kept:
+            what += "; the same command again makes the rest (files with the same parameters are kept)"
+        raise _with_note(stopped, what) from None
 
-        if trajectory is not None:
-            options = replace(options, callback=on_step)
-        try:
-            for batch in pipe.iter_batches(options):
-                if trajectory is not None and not frames:
-                    frames.append(batch.z[0])
-                for row, index in enumerate(batch.indices):
-                    file = files[index - start_index]
-                    save_png(batch.images[row], file, png_text(pipe.bundle, batch, row, init_image=_init_ref(init_image),
-                                                             init_image_sha256=init_sha))
-                    written.append(file)
-                results.append(_batch_summary(batch))
-                progress.update(task, completed=len(written))
-        except LatentOnnxError as error:
-            if written:
-                raise type(error)(f"{error} ({len(written)} of {n} images were written before it stopped: "
-                                  f"{written[0].name} .. {written[-1].name})") from None
-            raise
-    result = _merged(results)
-    if grid_file is not None:
-        save_png(make_grid(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])), grid_file,
-                 {PNG_TEXT_KEY: json.dumps({"seed": seed, "files": [f.name for f in files]})})
-    if trajectory is not None:
-        save_gif(_upscaled(pipe.decode(np.stack(frames)), MIN_GIF_SIZE), trajectory)
-
+    logps = {i: made[i][0] if i in made else kept.get(i) for i in files}
     summary = {
         "bundle": pipe.bundle.name, "bundle_path": str(pipe.bundle.root), "device": pipe.runner("generator").provider,
-        "seed": seed, "options": result["options"], "sampler": config.to_dict(),
-        "samples": [{"file": str(f), "index": i, "logp": lp, "acceptance": a}
-                    for f, i, lp, a in zip(files, result["indices"], result["logp"], result["acceptance"])],
+        "seed": seed, "options": options.describe(), "sampler": config.to_dict(), **scaling,
+        "samples": [{"file": str(f), "index": i, "logp": logps[i], "acceptance": made[i][1] if i in written else None,
+                     "kept": i in kept} for i, f in files.items()],
         "grid": str(grid_file) if grid_file else None, "trajectory": str(trajectory) if trajectory else None,
     }
     if as_json:
-        click.echo(json.dumps(summary, allow_nan=False))
-    else:
-        out = Console(soft_wrap=True, markup=False, highlight=False)
-        accept = ""
-        if config.method == "mala" and config.steps:
-            accept = f", mala acceptance {np.mean(result['acceptance']):.2f}"
-        out.print(f"wrote {n} image(s) to {out_dir}{os.sep} (bundle {pipe.bundle.name}, seed {seed}, {config.steps} "
-                  f"{config.method} steps{accept})")
-        for extra in extra_files:
-            out.print(f"wrote {extra}")
+        _echo_json(summary)
+        return
+    out = Console(soft_wrap=True, markup=False, highlight=False)
+    accept = ""
+    if config.method == "mala" and config.steps and written:
+        accept = f", mala acceptance {np.mean([made[i][1] for i in written]):.2f}"
+    kept_note = f", kept {len(kept)} already there" if kept else ""
+    out.print(printable(f"wrote {len(written)} image(s) to {out_dir}{os.sep}{kept_note} (bundle {pipe.bundle.name}, "
+                        f"seed {seed}, {config.steps} {config.method} steps{accept})"))
+    for extra in [p for p in (grid_file, trajectory if make_gif else None) if p is not None]:
+        out.print(printable(f"wrote {extra}"))
+    if trajectory is not None and not make_gif:
+        out.print(printable(f"kept {trajectory} (already there)"))
+
+
+def _refuse_unless(overwrite: bool, path: Path) -> None:
+    """OutputError for an existing file made otherwise, unless --overwrite (a folder is always refused)."""
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; choose another --out folder")
+    if not overwrite:
+        raise OutputError(f"{path} already exists with other generation parameters; pass --overwrite or choose"
+                          " another --out folder")
+
+
+def _with_note(error: LatentOnnxError, note: str) -> LatentOnnxError:
+    """The same kind of error (and exit code), its message followed by `note`."""
+    noted = LatentOnnxError(f"{error}; {note}")
+    noted.exit_code = error.exit_code
+    return noted
 
 
 def _init_ref(path: Path | None) -> str | None:
     return str(path.expanduser().resolve()) if path is not None else None
 
 
-def _batch_summary(batch) -> dict:
-    return {"options": batch.options.describe(), "indices": batch.indices, "logp": [float(v) for v in batch.logp],
-            "acceptance": [float(v) for v in batch.acceptance]}
-
-
-def _merged(parts: list[dict]) -> dict:
-    return {"options": parts[0]["options"], **{key: [v for part in parts for v in part[key]]
-                                                  for key in ("indices", "logp", "acceptance")}}
-
-
 @cli.command()
 @_bundle_option
 @click.option("--search", default=None, metavar="TEXT", help="Only classes with a name containing TEXT.")
-def classes(bundle, search):
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the bundle and its classes.")
+def classes(bundle, search, as_json):
     """List the bundle's classes (index and names)."""
     loaded = load_bundle(bundle)
     if not loaded.classes:
         raise InputError(f"bundle '{loaded.name}' has no classes")
     index = ClassIndex(loaded.classes)
     found = index.search(search) if search else range(len(loaded.classes))
-    if not found:
+    if not found and not as_json:
         raise InputError(f"no class name contains '{search}'")
+    if as_json:
+        _echo_json({"bundle": loaded.name, "classes": [{"index": k, "names": loaded.classes[k]} for k in found]})
+        return
     for k in found:
-        click.echo(f"{k}\t{', '.join(loaded.classes[k])}")
+        click.echo(f"{k}\t{printable(', '.join(loaded.classes[k]))}")
 
 
 @cli.command()
-@click.argument("bundle", required=False, metavar="[BUNDLE]")
+@click.argument("bundle_argument", required=False, metavar="[BUNDLE]")
+@_bundle_option
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
-def info(bundle, as_json):
-    """Check a bundle (every file and graph) and describe it."""
-    loaded = load_bundle(bundle)
+def info(bundle_argument, bundle, as_json):
+    """Check a bundle (every file, and every graph run once on a probe input) and describe it."""
+    if bundle_argument is not None and bundle is not None and bundle_argument != bundle:
+        raise InputError(f"two bundles given: {bundle_argument} and --bundle {bundle}; give one")
+    loaded = load_bundle(bundle if bundle is not None else bundle_argument)
     runners = Pipeline.from_bundle(loaded, device="cpu").open_all()
+    for runner in runners.values():
+        runner.probe()
     graphs = {
-        role: {"file": ref.file, "bytes": (loaded.root / ref.file).stat().st_size, "checked": role in runners}
+        role: {"file": ref.file, "bytes": (loaded.root / ref.file).stat().st_size, "checked": True}
         for role, ref in loaded.graphs.items()
     }
     description = {
@@ -283,25 +415,29 @@ def info(bundle, as_json):
         "manifest_sha256": loaded.manifest_sha256,
     }
     if as_json:
-        click.echo(json.dumps(description))
+        _echo_json(description)
         return
-    out = Console(soft_wrap=True)
-    out.print(f"[bold]{loaded.name}[/bold]  {loaded.description}")
-    out.print(f"path: {loaded.root}   license: {loaded.license or '-'}")
-    out.print(f"latent: {loaded.latent_dim}-d, prior {description['prior']}, init {description['init']}, clip {description['clip']}")
-    out.print(f"image: {loaded.image_hw[0]}x{loaded.image_hw[1]} RGB")
+    lines = [
+        f"{loaded.name}  {loaded.description}",
+        f"path: {loaded.root}   license: {loaded.license or '-'}",
+        f"latent: {loaded.latent_dim}-d, prior {description['prior']}, init {description['init']}, clip {description['clip']}",
+        f"image: {loaded.image_hw[0]}x{loaded.image_hw[1]} RGB",
+    ]
     names = loaded.class_names
     if names:
-        out.print(f"classes ({len(names)}): {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
+        lines.append(f"classes ({len(names)}): {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
     if loaded.vocabulary:
-        out.print(f"captions: {len(loaded.vocabulary)} words, at most {loaded.max_tokens - 1} per caption")
-    for role, entry in graphs.items():
-        out.print(f"graph {role}: {entry['file']} ({entry['bytes'] / 1e6:.2f} MB, verified and checked)")
-    out.print(f"sampler defaults: {json.dumps(loaded.sampler)}")
+        lines.append(f"captions: {len(loaded.vocabulary)} words, at most {loaded.max_tokens - 1} per caption")
+    lines += [f"graph {role}: {entry['file']} ({entry['bytes'] / 1e6:.2f} MB, sha256 verified, contract checked,"
+              " ran on a probe input)" for role, entry in graphs.items()]
+    lines.append(f"sampler defaults: {json.dumps(loaded.sampler)}")
     if loaded.presets:
-        out.print(f"presets: {json.dumps(loaded.presets)}")
+        lines.append(f"presets: {json.dumps(loaded.presets)}")
     if loaded.provenance:
-        out.print(f"provenance: {json.dumps(loaded.provenance)}")
+        lines.append(f"provenance: {json.dumps(loaded.provenance, ensure_ascii=False)}")
+    out = Console(soft_wrap=True, markup=False, highlight=False)
+    for line in lines:
+        out.print(printable(line))
 
 
 DATASET_EPILOG = """\b

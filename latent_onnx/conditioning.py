@@ -5,7 +5,6 @@ gradient target that binds them to a gradient graph.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import string
 
@@ -13,6 +12,11 @@ import numpy as np
 
 from .errors import InputError
 from .sessions import GraphRunner
+
+
+_INDEX = re.compile(r"[0-9]+", re.ASCII)  # a class index: ASCII digits only ('²'.isdigit() is True)
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)  # a weight, ASCII decimal
+_WEIGHT_MAX = 1e6  # weights are float32 inputs of the gradient graph; far beyond this the chains only diverge
 
 
 def _normal_form(name: str) -> str:
@@ -39,7 +43,7 @@ class ClassIndex:
     def lookup(self, name: str) -> int:
         """The class index of a display name, a synonym, or a decimal index; InputError otherwise."""
         key = _normal_form(name)
-        if key.isdigit():
+        if _INDEX.fullmatch(key):
             index = int(key)
             if index >= len(self.classes):
                 raise InputError(f"class index {index} is out of range (the bundle has {len(self.classes)} classes, 0..{len(self.classes) - 1})")
@@ -63,21 +67,21 @@ class ClassIndex:
         """Class weights float32 [K] from "sneaker", "11", "sneaker:0.7,sandal:0.3" or "dress:1,red dress:-0.5"."""
         if not isinstance(spec, str) or not spec.strip():
             raise InputError("the class spec is empty; give a class name, an index, or name:weight pairs separated by commas")
-        weights = np.zeros(len(self.classes), dtype=np.float32)
+        weights = np.zeros(len(self.classes), dtype=np.float64)
         for item in spec.split(","):
             name, _, weight_text = item.rpartition(":") if ":" in item else (item, "", "1")
             if not name.strip():
                 raise InputError(f"class spec '{spec}' has an empty entry; write name[:weight] separated by commas")
-            try:
-                weight = float(weight_text)
-            except ValueError:
-                raise InputError(f"class weight '{weight_text.strip()}' in '{item.strip()}' is not a number") from None
-            if not math.isfinite(weight):
-                raise InputError(f"class weight in '{item.strip()}' must be finite")
-            weights[self.lookup(name)] += weight
+            if not _NUMBER.fullmatch(weight_text.strip()):
+                if weight_text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+                    raise InputError(f"class weight in '{item.strip()}' must be finite")
+                raise InputError(f"class weight '{weight_text.strip()}' in '{item.strip()}' is not a number")
+            weights[self.lookup(name)] += float(weight_text)
+        if not np.all(np.abs(weights) <= _WEIGHT_MAX):
+            raise InputError(f"class spec '{spec}': a class weight is beyond {_WEIGHT_MAX:g} in size; give weights such as 0.7")
         if not np.any(weights):
             raise InputError(f"class spec '{spec}' has all weights zero")
-        return weights
+        return weights.astype(np.float32)
 
 
 def caption_tokens(caption: str, vocabulary: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,7 @@
 """User-facing errors: each carries a one-line message that says what is wrong and what to do."""
 
+import unicodedata
+
 
 class LatentOnnxError(Exception):
     """Base of every error the runtime raises on bad input; the CLI prints it as one line."""
@@ -35,3 +37,10 @@ class SamplingError(LatentOnnxError):
     """The chains diverged (non-finite codes, gradients or log-probabilities); nothing is written."""
 
     exit_code = 7
+
+
+def printable(text) -> str:
+    """`text` safe to print on a terminal: control and format characters (escape codes, bidi overrides,
+    line breaks) shown as Python escapes. Rich markup is never interpreted: consoles print with markup off."""
+    return "".join(char if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp") else ascii(char)[1:-1]
+                   for char in str(text))

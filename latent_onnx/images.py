@@ -1,16 +1,19 @@
 """Image files: PNGs that carry their generation parameters, grids, trajectory GIFs.
 
-Every file is written whole (a temporary name in the same folder, then a rename) and never
-replaces an existing file unless asked to.
+Every file is written whole (a temporary name in the same folder, then a rename), and carries its
+parameters so that a later run can tell whether an existing file is the one it would make.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +40,9 @@ def check_output_dir(directory: Path) -> None:
         raise OutputError(f"cannot write to {directory}: {probe} is not writable; choose another --out folder") from None
 
 
-def check_new_files(paths: list[Path], overwrite: bool) -> None:
-    """OutputError when any path exists (and overwriting was not asked for) or is a folder."""
-    for path in paths:
-        if path.is_dir():
-            raise OutputError(f"{path} is a folder; choose another --out folder")
-        if path.exists() and not overwrite:
-            raise OutputError(f"{path} already exists; pass --overwrite or choose another --out folder")
-
-
 def _write_atomic(path: Path, write) -> None:
-    """Call write(file object) on a temporary file next to `path`, then rename it to `path`."""
+    """Call write(file object) on a temporary file next to `path`, then rename it to `path`; whatever stops
+    it (a full disk, an interrupt) removes the temporary file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -58,11 +53,11 @@ def _write_atomic(path: Path, write) -> None:
             write(stream)
         os.chmod(temp_name, 0o644)
         os.replace(temp_name, path)
-    except OSError as error:
-        os.unlink(temp_name)
-        raise OutputError(f"cannot write {path}: {error.strerror}") from None
-    except BaseException:
-        os.unlink(temp_name)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        if isinstance(error, OSError):
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
         raise
 
 
@@ -89,36 +84,68 @@ def read_image(path: Path, what: str) -> tuple[Image.Image, str]:
     """(the decoded image, the sha256 of its file) for a user's image file; InputError when it cannot be used."""
     try:
         data = Path(path).expanduser().read_bytes()
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if width * height > MAX_INPUT_PIXELS:
-                raise InputError(f"{what} {path} is {width}x{height} pixels; give an image of at most "
-                                 f"{MAX_INPUT_PIXELS} pixels")
-            image = probe.convert("RGB")
+    except OSError as error:
+        raise InputError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's own bomb check: an error here
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+                if width * height > MAX_INPUT_PIXELS:
+                    raise InputError(f"{what} {path} is {width}x{height} pixels; give an image of at most "
+                                     f"{MAX_INPUT_PIXELS} pixels")
+                image = probe.convert("RGB")
     except InputError:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
-        raise InputError(f"cannot read {what} {path}: {error}") from None
+    except Exception as error:  # a hostile file makes PIL's decoders raise many kinds of error
+        raise InputError(f"cannot read {what} {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
     return image, hashlib.sha256(data).hexdigest()
 
 
-def save_gif(frames: list[Image.Image], path: Path, frame_ms: int = 80) -> None:
-    """Write an animated GIF that loops, holding the last frame a second."""
+RESAMPLES = {"nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}  # --resample
+
+
+def upscaled(image: Image.Image, factor: int, resample: str = "nearest") -> Image.Image:
+    """`image` scaled up by an integer factor with a RESAMPLES filter (itself when the factor is 1)."""
+    if factor == 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), RESAMPLES[resample])
+
+
+def stored_parameters(path: Path) -> dict | None:
+    """The JSON parameters a file written here carries (PNG text chunk, GIF comment); None when it has none."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                text = image.text.get(PNG_TEXT_KEY) if image.format == "PNG" else image.info.get("comment", b"").decode()
+        value = json.loads(text) if text else None
+    except Exception:  # not an image of ours: unreadable, damaged, other text
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def save_gif(frames: list[Image.Image], path: Path, frame_ms: int = 80, comment: str = "") -> None:
+    """Write an animated GIF that loops, holding the last frame a second; `comment` goes in its comment block."""
     durations = [frame_ms] * (len(frames) - 1) + [1000]
     _write_atomic(
         path,
         lambda stream: frames[0].save(
-            stream, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0
+            stream, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0, comment=comment
         ),
     )
 
 
-def make_grid(pixels: np.ndarray, columns: int | None = None, gap: int = 2) -> Image.Image:
-    """A grid image from uint8 [N, H, W, 3] images, `columns` wide (default: about square)."""
+GUTTER_GREY = 128  # the grid's gutters: visible between images on black backgrounds
+
+
+def make_grid(pixels: np.ndarray, columns: int | None = None, gap: int = 2, background: int = 0) -> Image.Image:
+    """A grid image from uint8 [N, H, W, 3] images, `columns` wide (default: about square), with gutters `gap`
+    pixels wide of grey level `background`."""
     count, height, width, _ = pixels.shape
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
-    canvas = np.zeros((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), dtype=np.uint8)
+    canvas = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), background, dtype=np.uint8)
     for index, image in enumerate(pixels):
         top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
         canvas[top : top + height, left : left + width] = image

@@ -17,7 +17,7 @@ from PIL import Image
 
 from .bundle import Bundle, load_bundle
 from .conditioning import ClassIndex, GradientTarget, caption_tokens
-from .errors import InputError, SamplingError
+from .errors import BundleError, InputError, SamplingError
 from .images import to_pixels
 from .priors import GaussianMixturePrior
 from .sampler import SAMPLER_FIELDS, ChainState, SamplerConfig, SGLDSampler, check_int
@@ -178,7 +178,10 @@ class Pipeline:
         """Codes float32 [B, D] from images uint8 [B, H, W, 3] (RGB, the bundle's size)."""
         if not self.bundle.has_graph("encoder"):
             raise InputError(f"bundle '{self.bundle.name}' has no encoder, so it cannot start from an image")
-        return self.runner("encoder").run(image=images)["z"]
+        z = self.runner("encoder").run(image=images)["z"]
+        if not np.isfinite(z).all():
+            raise BundleError(f"bundle '{self.bundle.name}': graph encoder returned non-finite codes for an image")
+        return z
 
     def target(self, classes: str | None, caption: str | None, path: str = "latent") -> GradientTarget:
         """The gradient target for a class spec or a caption on the latent or composite path."""
@@ -209,24 +212,37 @@ class Pipeline:
         run = self._prepare((options or GenerateOptions()).updated(**kwargs))
         return (self._run_batch(run, number, rows) for number, rows in enumerate(run.batches))
 
-    def _prepare(self, options: GenerateOptions) -> _Run:
-        n = check_int("n", options.n, 1, MAX_SAMPLES)
-        batch_size = check_int("batch size", options.batch_size, 1, MAX_BATCH)
+    def resolve(self, options: GenerateOptions) -> tuple[GenerateOptions, SamplerConfig]:
+        """The options and sampler settings a run of `options` uses (seed drawn, switch_at and start set),
+        checked; what a run's files record, known before it runs."""
+        check_int("n", options.n, 1, MAX_SAMPLES)
+        check_int("batch size", options.batch_size, 1, MAX_BATCH)
         check_int("start index", options.start_index, 0, 2**63 - 1)
         seed = secrets.randbits(32) if options.seed is None else check_int("seed", options.seed, 0, 2**63 - 1)
         options = replace(options, seed=seed)
         config = self.sampler_config(options.preset, **options.sampler)
-        targets = [(0, self.target(options.classes, options.caption, options.path))]
+        if options.init_image is not None:
+            if options.sampler.get("start") not in (None, "image"):
+                raise InputError(f"an init image sets the start; drop start '{options.sampler['start']}'")
+            config = replace(config, start="image")
+        elif config.start == "image":
+            raise InputError("start 'image' needs an init image (--init-image)")
         if options.then is not None:
             switch_at = config.steps // 2 if options.switch_at is None else options.switch_at
             if config.steps < 2:
                 raise InputError("switching the condition (then) needs at least 2 steps")
-            switch_at = check_int("switch_at", switch_at, 1, config.steps - 1)
-            then = (options.then, None) if options.classes is not None else (None, options.then)
-            targets.append((switch_at, self.target(*then, options.path)))
-            options = replace(options, switch_at=switch_at)
+            options = replace(options, switch_at=check_int("switch_at", switch_at, 1, config.steps - 1))
         elif options.switch_at is not None:
             raise InputError("switch_at needs a condition to switch to (then)")
+        return options, config
+
+    def _prepare(self, options: GenerateOptions) -> _Run:
+        options, config = self.resolve(options)
+        n, batch_size = options.n, options.batch_size
+        targets = [(0, self.target(options.classes, options.caption, options.path))]
+        if options.then is not None:
+            then = (options.then, None) if options.classes is not None else (None, options.then)
+            targets.append((options.switch_at, self.target(*then, options.path)))
         dim = self.bundle.latent_dim
         init_z = self._checked_array("init_z", options.init_z, (n, dim))
         noise = self._checked_array("noise", options.noise, (config.steps, n, dim))
@@ -255,6 +271,9 @@ class Pipeline:
         switches = dict(run.targets)
         target = switches[0]
         state = ChainState.at(z, target)
+        if np.isfinite(z).all() and not (np.isfinite(state.logp).all() and np.isfinite(state.grad).all()):
+            raise BundleError(f"bundle '{self.bundle.name}': graph {target.runner.role} returned non-finite values"
+                              " at the chains' (finite) start codes")
         _check_finite(state, 0, config)
         total = config.steps * len(run.batches)
         mala = config.method == "mala"
@@ -304,4 +323,4 @@ def _check_finite(state: ChainState, step: int, config: SamplerConfig) -> None:
             where = "at the start" if step == 0 else f"at step {step} of {config.steps}"
             raise SamplingError(
                 f"the chains diverged {where} (non-finite {name}); lower --eps1 (now {config.eps1:g}) or "
-                f"--condition-scale (now {config.condition_scale:g}), or use --sampler mala; nothing was written")
+                f"--condition-scale (now {config.condition_scale:g}), or use --sampler mala")

@@ -81,6 +81,8 @@ class GaussianMixturePrior:
         """
         z = np.asarray(z, dtype=np.float32)
         with np.errstate(all="ignore"):  # a diverging chain overflows here; the sampler reports it
+            if len(z) == 1:  # one row takes NumPy's matrix-vector path, which rounds differently: keep batches alike
+                return self._grad_log_prob(np.repeat(z, 2, axis=0))[:1]
             return self._grad_log_prob(z)
 
     def _grad_log_prob(self, z: np.ndarray) -> np.ndarray:
@@ -124,12 +126,17 @@ def check_mixture_arrays(weights, means, scale_tril, dim: int) -> str | None:
     if scale_tril.shape != (m, dim, dim):
         return f"scale_tril must have shape [{m}, {dim}, {dim}], not {list(scale_tril.shape)}"
     for name, array in (("weights", weights), ("means", means), ("scale_tril", scale_tril)):
-        if not np.all(np.isfinite(array)):
-            return f"{name} has non-finite values"
+        if not np.all(np.abs(array) <= np.finfo(np.float32).max):  # NaN fails too
+            return f"{name} has values that are not finite float32 numbers"
     if np.any(weights < 0) or not math.isclose(float(weights.sum()), 1.0, abs_tol=1e-6):
         return "weights must be non-negative and sum to 1"
     if np.any(np.triu(scale_tril, k=1) != 0):
         return "scale_tril must be lower triangular"
     if np.any(np.diagonal(scale_tril, axis1=1, axis2=2) <= 0):
         return "scale_tril must have a positive diagonal"
+    with np.errstate(all="ignore"):
+        inverse = np.linalg.inv(scale_tril)
+        precision = np.swapaxes(inverse, 1, 2) @ inverse
+    if not np.all(np.abs(precision) <= np.finfo(np.float32).max):  # the sampler's products run in float32
+        return "scale_tril is too close to singular (its precision overflows float32)"
     return None

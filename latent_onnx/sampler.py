@@ -25,7 +25,8 @@ import numpy as np
 from .errors import InputError
 
 MAX_STEPS = 1_000_000
-STARTS = ("init", "conditioned")
+_F32_MAX = float(np.finfo(np.float32).max)  # settings are used in float32 arithmetic
+STARTS = ("init", "conditioned", "image")  # "image": z_0 is the encoder's code of an init image (set by it)
 METHODS = ("sgld", "mala")
 
 Target = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]  # z float32 [B, D] -> (logp [B], grad [B, D])
@@ -56,7 +57,8 @@ class SamplerConfig:
     clip: tuple[float, float] | None = _setting(None, "z clipped to (lo, hi) after every step.")
     # "init": z_0 from latent.init (else the prior); "conditioned": z_0 from the mixture prior with each
     # component m drawn with probability prop. to weight_m * p(condition | mean_m) ** condition_scale
-    start: str = _setting("init", "Chain start: the bundle's init, or mixture components weighted by the condition.",
+    start: str = _setting("init", "Chain start: the bundle's init, mixture components weighted by the condition, or"
+                          " image (--init-image's code; set by --init-image).",
                           "--start", STARTS)
 
     def __post_init__(self):
@@ -127,8 +129,9 @@ def check_int(name: str, value, low: int, high: int) -> int:
 
 def _check_number(name: str, value, strict: bool):
     ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0 or (strict and value == 0):
-        raise InputError(f"{name} must be a finite number {'>' if strict else '>='} 0, not {value!r}")
+    if not ok or not abs(value) <= _F32_MAX or value < 0 or (strict and value == 0):
+        raise InputError(f"{name} must be a finite number {'>' if strict else '>='} 0 (at most {_F32_MAX:.3g}, float32),"
+                         f" not {value!r}")
 
 
 @dataclass

@@ -136,8 +136,35 @@ class GraphRunner:
             batch = array.shape[0] if batch is None else batch
             if array.shape[0] != batch or any(have != want for have, want in zip(array.shape[1:], wanted[1:])):
                 raise InputError(f"graph {self.role}: input '{name}' has shape {list(array.shape)}, expected {[batch, *wanted[1:]]}")
-        results = self.session_for(batch).run(self.output_names, feeds)
-        return dict(zip(self.output_names, results))
+        where = f"bundle '{self.bundle_name}': graph {self.role}"
+        try:
+            results = self.session_for(batch).run(self.output_names, feeds)
+        except Exception as error:  # onnxruntime raises its own untyped errors (Fail, InvalidArgument, ...)
+            raise BundleError(f"{where} failed in ONNX Runtime on a batch of {batch}: {_first_line(error)}") from None
+        outputs = dict(zip(self.output_names, results))
+        for name, dtype, symbols in self.outputs:
+            array, wanted = outputs[name], [batch, *self._expected(symbols)[1:]]
+            if array.dtype != dtype or list(array.shape) != wanted:
+                raise BundleError(f"{where} returned '{name}' as {array.dtype} {list(array.shape)}; the format requires"
+                                  f" {np.dtype(dtype).name} {wanted}")
+        return outputs
+
+    def probe(self) -> None:
+        """Run the graph on typical inputs, a batch of 1 and of 2; BundleError unless it runs, its outputs have
+        the contract's shapes and its float outputs are finite (what `latent-onnx info` calls verified)."""
+        for batch in (1, 2):
+            feeds = {}
+            for name, dtype, symbols in self.inputs:
+                array = np.zeros([batch, *self._expected(symbols)[1:]], dtype=dtype)
+                if name in ("weights", "mask"):  # the first class; the first token (<eos>)
+                    array[:, 0] = 1
+                elif name == "image":
+                    array[:] = 128
+                feeds[name] = array
+            for name, array in self.run(**feeds).items():
+                if array.dtype.kind == "f" and not np.isfinite(array).all():
+                    raise BundleError(f"bundle '{self.bundle_name}': graph {self.role} returned non-finite '{name}'"
+                                      " for a finite probe input")
 
 
 def session_options(threads: int | None, allow_spinning: bool = False, prepack: bool = True) -> ort.SessionOptions:
@@ -201,5 +228,9 @@ class SessionFactory:
         try:
             return ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as error:  # onnxruntime raises its own untyped errors
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise BundleError(f"bundle '{bundle.name}': ONNX Runtime cannot load graph {role}: {first_line}") from None
+            raise BundleError(f"bundle '{bundle.name}': ONNX Runtime cannot load graph {role}: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -173,6 +173,7 @@ class Scores:
     colour_agreement: float | None  # fraction whose evaluator colour is the requested colour
     diversity_ratio: float  # mean over classes of within-class feature spread / real images' (nan: no class has 2)
     frechet: float  # Frechet distance to the reference real test images in evaluator feature space
+    per_class: dict[str, float]  # class name -> class agreement of the images made for that class
 
 
 def score(judge: Judge, images: np.ndarray, classes: np.ndarray, colours: np.ndarray | None,
@@ -191,6 +192,7 @@ def score(judge: Judge, images: np.ndarray, classes: np.ndarray, colours: np.nda
         colour_agreement=None if colours is None else float(np.mean(seen.colours == colours)),
         diversity_ratio=float(np.mean(ratios)) if ratios else float("nan"),
         frechet=frechet_distance(seen.features, reference.features),
+        per_class={CLASS_NAMES[label]: float(np.mean(seen.classes[classes == label] == label)) for label in np.unique(classes)},
     )
 
 
@@ -201,7 +203,8 @@ class EvaluationPlan:
     composite_per_class: int = 10  # samples per class on the composite path (slow: G and E every step)
     seed: int = 0  # generation seed (sample i of a request uses rng [seed, i])
     batch_size: int = 100  # chains run together
-    rows: tuple[str, ...] = ("real", "latent", "captions", "composite")  # which rows to measure
+    crossing_per_class: int = 20  # crossing row: finished samples of each class A restarted towards other classes
+    rows: tuple[str, ...] = ("real", "latent", "captions", "composite", "crossing")  # which rows to measure
 
 
 def evaluate_bundle(pipe, judge: Judge, plan: EvaluationPlan, sampler: dict, data_dir: Path = DATA_DIR,
@@ -224,20 +227,38 @@ def evaluate_bundle(pipe, judge: Judge, plan: EvaluationPlan, sampler: dict, dat
         rows[name] = {**asdict(scores), "seconds": seconds}
         log(f"{name}: {format_row(rows[name])}")
 
-    def generate(requests: list[dict], count: int, path: str) -> tuple[np.ndarray, float]:
+    def generate(requests: list[dict], count: int | None, path: str) -> tuple[np.ndarray, float]:
         started = time.time()
         images = []
         for request in requests:
-            images.append(pipe.generate(n=count, seed=plan.seed, batch_size=plan.batch_size, path=path,
+            size = {"n": count} if count is not None else {}
+            images.append(pipe.generate(seed=plan.seed, batch_size=plan.batch_size, path=path, **size,
                                         **request, **sampler).pixels)
         return np.concatenate(images), time.time() - started
 
     class_requests = [{"classes": name} for name in CLASS_NAMES]
+    classes_row = None
     if "real" in plan.rows:
         record("real", test.images[real_index], test.labels[real_index], test.colours[real_index], 0.0)
-    if "latent" in plan.rows:
+    if "latent" in plan.rows or "crossing" in plan.rows:
         images, seconds = generate(class_requests, plan.per_class, "latent")
+        classes_row = images
+    if "latent" in plan.rows:
         record("latent", images, np.repeat(np.arange(len(CLASS_NAMES)), plan.per_class), None, seconds)
+    if "crossing" in plan.rows:
+        # chains restarted at the encoder's code of finished class-A samples, conditioned on B != A
+        # (what `--init-image <a class-A image> --class B` does); judged as B or not
+        count, classes = plan.crossing_per_class, len(CLASS_NAMES)
+        starts = {b: [] for b in range(classes)}
+        for a in range(classes):
+            pixels = classes_row[a * plan.per_class: a * plan.per_class + count]
+            for i, code in enumerate(pipe.encode(pixels)):
+                starts[(a + 1 + i % (classes - 1)) % classes].append(code)
+        requests = [{"classes": CLASS_NAMES[b], "n": len(starts[b]), "init_z": np.stack(starts[b])}
+                    for b in range(classes)]
+        images, seconds = generate(requests, None, "latent")
+        targets = np.concatenate([np.full(len(starts[b]), b) for b in range(classes)])
+        record("crossing", images, targets, None, seconds)
     if "captions" in plan.rows:
         pairs = [(label, colour) for label in range(len(CLASS_NAMES)) for colour in range(len(COLOUR_NAMES))]
         requests = [{"caption": f"a {COLOUR_NAMES[colour]} {CLASS_NAMES[label]}"} for label, colour in pairs]

@@ -117,7 +117,7 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
               show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=EvaluationPlan.seed, show_default=True)
 @click.option("--rows", default=",".join(EvaluationPlan.rows), show_default=True,
-              help="comma-separated subset of real,latent,captions,composite")
+              help="comma-separated subset of real,latent,captions,composite,crossing")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="sampler override of the bundle's defaults, e.g. --set start=init --set condition_scale=2 "
                    "(repeatable)")

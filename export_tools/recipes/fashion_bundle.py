@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from export_tools.bundle_writer import BundleReport, BundleSpec, write_bundle
@@ -28,7 +29,9 @@ PRESETS = {
 def write_fashion_bundle(run_dir: Path, out_dir: Path, *, overwrite: bool = False, log=print) -> BundleReport:
     """Export the finished run in run_dir as the bundle out_dir (every graph validated against PyTorch)."""
     config, nets, vocab = trained_networks(run_dir)
-    encoder = FlowEncoder(nets.flow, nets.encoder)
+    # the encoder side gets its own copy of the flow: the composite graph holds both sides, and weights tied
+    # between them do not survive the gradient tracing (torch.func.functional_call)
+    encoder = FlowEncoder(copy.deepcopy(nets.flow), nets.encoder)
     progress = load_checkpoint(Path(run_dir) / "checkpoint.pt")["progress"]
     spec = BundleSpec(
         name=Path(out_dir).name,

@@ -83,6 +83,7 @@ def test_int8_gradients_point_the_same_way(problem, quantise):
     assert cosine.min() > 0.99
 
 
+@pytest.mark.slow
 def test_bench_command_writes_every_section(bench_cache, tmp_path):
     out = tmp_path / "results"
     bundle = bench_cache / f"bench-imagenet-random-w{WIDTH}"

@@ -1,3 +1,4 @@
+import pytest
 """One conversion at the published sizes: synthetic .caffemodel files with the layer shapes stated in the
 published prototxts load exactly into the width-1 networks, and the classifier graph exports at full size."""
 
@@ -39,6 +40,7 @@ def _random_blobs(shapes: dict, seed: int) -> dict[str, list[np.ndarray]]:
     return {name: [rng.random(shape, dtype=np.float32) - 0.5 for shape in blob_shapes] for name, blob_shapes in shapes.items()}
 
 
+@pytest.mark.slow
 def test_published_shapes_convert_exactly(tmp_path):
     files = {}
     for key, shapes, version, seed in (("generator", GENERATOR, "v2", 0), ("classifier", CAFFENET, "v1", 1), ("captioner", LRCN, "v2", 2)):

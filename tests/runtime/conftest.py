@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from runtime_bundles import write_tiny_bundle
 
 
@@ -31,3 +32,18 @@ def tiny_pipeline(tiny_bundle_template):
     from latent_onnx import Pipeline
 
     return Pipeline.from_bundle(tiny_bundle_template, device="cpu", threads=1)
+
+
+@pytest.fixture
+def run(monkeypatch, tmp_path):
+    """Run the CLI in an empty working folder `tmp_path/work`; returns click's Result."""
+    from latent_onnx.cli import cli
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args])
+
+    return invoke

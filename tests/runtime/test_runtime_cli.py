@@ -8,27 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from runtime_bundles import edit_manifest
 from PIL import Image
 
-from latent_onnx.cli import cli
 from latent_onnx.images import PNG_TEXT_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def run(monkeypatch, tmp_path):
-    """Run the CLI in an empty working folder; returns click's Result."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-
-    def invoke(*args):
-        return CliRunner().invoke(cli, [str(a) for a in args])
-
-    return invoke
 
 
 def _png_parameters(path: Path) -> dict:
@@ -60,15 +45,18 @@ def test_generate_writes_pngs_with_their_parameters(run, tiny_bundle_template):
     np.testing.assert_array_equal(np.asarray(Image.open("again/sneaker-s11-0002.png")), np.asarray(Image.open(files[2])))
 
 
-def test_existing_files_are_kept_unless_overwrite_is_given(run, tiny_bundle_template):
+def test_existing_files_made_otherwise_are_kept_unless_overwrite_is_given(run, tiny_bundle_template):
     args = ["generate", "--bundle", tiny_bundle_template, "--caption", "a red sneaker", "-n", 1, "--seed", 1, "--steps", 2]
     assert run(*args).exit_code == 0
     target = Path("out/a-red-sneaker-s1-0000.png")
     before = target.stat().st_mtime_ns
-    refused = run(*args)
-    assert refused.exit_code == 5 and "already exists; pass --overwrite" in refused.stderr
+    same = run(*args)  # the same parameters: the file is the one it would make, so it is kept
+    assert same.exit_code == 0 and "kept 1 already there" in same.stdout and target.stat().st_mtime_ns == before
+    refused = run(*args, "--eps1", 0.01)
+    assert refused.exit_code == 5 and "already exists with other generation parameters; pass --overwrite" in refused.stderr
     assert target.stat().st_mtime_ns == before
-    assert run(*args, "--overwrite").exit_code == 0
+    assert run(*args, "--eps1", 0.01, "--overwrite").exit_code == 0
+    assert target.stat().st_mtime_ns != before
     assert [p.name for p in Path("out").iterdir()] == [target.name]  # no temporary files left behind
 
 

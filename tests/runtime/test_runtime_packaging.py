@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="building a wheel offline needs setuptools")
+@pytest.mark.slow
 def test_wheel_carries_shipped_bundles_and_the_command_finds_the_default(tmp_path, tiny_bundle_template):
     source = tmp_path / "source"
     source.mkdir()
