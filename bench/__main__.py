@@ -56,17 +56,23 @@ def _first_class(pipe) -> str:
     return "11" if len(pipe.bundle.classes) > 11 else "0"
 
 
-def time_bundle(pipe, batches, latent_steps: int, composite_steps: int, say) -> dict:
+def time_bundle(pipe, batches, latent_steps: int, composite_steps: int, say, cache: Path) -> dict:
     """Latent (float32 and int8 weights) and composite timings of one bundle at each batch size, and their ratios.
 
-    The int8 latent path is the same runtime with the class_grad weights quantised (bench.precision).
+    The int8 latent path is `Pipeline.generate` on an int8 copy of the bundle written into `cache`
+    (bench.precision.int8_bundle), opened as users open a converted bundle (the runtime's session choice included).
     """
-    from bench.precision import QuantisedPipeline
+    from bench.precision import int8_bundle
     from bench.steps import time_path
     from export_tools.quantize import int8_dynamic_model
+    from latent_onnx import Pipeline
 
     classes = _first_class(pipe)
-    int8_pipe = QuantisedPipeline(pipe.bundle, pipe.factory, int8_dynamic_model)
+    int8_pipe = Pipeline.from_bundle(
+        int8_bundle(pipe.bundle, int8_dynamic_model, cache / "int8"),
+        device=pipe.factory.device,
+        threads=pipe.factory.threads,
+    )
     runs = [("latent", pipe, "latent"), ("latent-int8", int8_pipe, "latent")]
     if pipe.bundle.has_graph("composite_class_grad"):
         runs.append(("composite", pipe, "composite"))
@@ -74,20 +80,38 @@ def time_bundle(pipe, batches, latent_steps: int, composite_steps: int, say) -> 
     for batch in batches:
         for label, runner, path in runs:
             steps = latent_steps if path == "latent" else composite_steps
-            timing = dataclasses.replace(time_path(runner, classes, path, batch, steps, repeats=3 if path == "latent" else 1),
-                                         path=label)
-            say(f"  {pipe.bundle.name} {label} batch {batch}: {timing.step_s * 1e3:.2f} ms/step, {timing.image_s * 1e3:.1f} ms/image")
+            timing = dataclasses.replace(
+                time_path(runner, classes, path, batch, steps, repeats=3 if path == "latent" else 1), path=label
+            )
+            say(
+                f"  {pipe.bundle.name} {label} batch {batch}: {timing.step_s * 1e3:.2f} ms/step, {timing.image_s * 1e3:.1f} ms/image"
+            )
             timings.append(timing.to_dict())
     ratios = []
     for batch in batches:
         by_path = {t["path"]: t for t in timings if t["batch"] == batch}
         if "composite" in by_path:
-            ratios.append({"batch": batch, **{
-                f"{kind}_ratio{suffix}": by_path["composite"][f"{kind}_s"] / by_path[latent][f"{kind}_s"]
-                for kind in ("step", "image") for latent, suffix in (("latent", ""), ("latent-int8", "_int8"))}})
+            ratios.append(
+                {
+                    "batch": batch,
+                    **{
+                        f"{kind}_ratio{suffix}": by_path["composite"][f"{kind}_s"] / by_path[latent][f"{kind}_s"]
+                        for kind in ("step", "image")
+                        for latent, suffix in (("latent", ""), ("latent-int8", "_int8"))
+                    },
+                }
+            )
     cost = graph_cost(onnx.load_from_string(pipe.bundle.graph_bytes("class_grad")))
-    return {"bundle": pipe.bundle.name, "provider": pipe.runner("class_grad").provider, "latent_dim": pipe.bundle.latent_dim,
-            "default_steps": pipe.sampler_config().steps, "class": classes, "timings": timings, "ratios": ratios, "latent_cost": dataclasses.asdict(cost)}
+    return {
+        "bundle": pipe.bundle.name,
+        "provider": pipe.runner("class_grad").provider,
+        "latent_dim": pipe.bundle.latent_dim,
+        "default_steps": pipe.sampler_config().steps,
+        "class": classes,
+        "timings": timings,
+        "ratios": ratios,
+        "latent_cost": dataclasses.asdict(cost),
+    }
 
 
 def apply_bounds(results: dict, bounds: MachineBounds) -> None:
@@ -117,15 +141,17 @@ def eager_section(pipe, width: int, batches, latent_steps: int, composite_steps:
     Both run on `threads` threads and on one (a loaded machine can favour one thread), taking turns;
     the composite path only at the smallest batch (its ratio is what matters, and it is slow).
     """
-    from export_tools.export import ClassifierOnGenerator, ClassLogp
-
     from bench.eager import eager_step_seconds
     from bench.imagenet import build_nets
     from bench.steps import batch_weights, step_seconds
+    from export_tools.export import ClassifierOnGenerator, ClassLogp
     from latent_onnx import Pipeline
 
     nets = build_nets(width)
-    modules = {"latent": ClassLogp(nets.head), "composite": ClassLogp(ClassifierOnGenerator(nets.generator, nets.classifier))}
+    modules = {
+        "latent": ClassLogp(nets.head),
+        "composite": ClassLogp(ClassifierOnGenerator(nets.generator, nets.classifier)),
+    }
     config = pipe.sampler_config()
     classes = _first_class(pipe)
     rows = []
@@ -145,9 +171,19 @@ def eager_section(pipe, width: int, batches, latent_steps: int, composite_steps:
                 for _ in range(2):  # taking turns, so that a change in load falls on both
                     ours = min(ours, statistics.median(step_seconds(counted, classes, path, batch, steps)))
                     eager = min(eager, eager_step_seconds(module, weights, z0, config, steps, count))
-                say(f"  {path} batch {batch}, {count} thread(s): eager {eager * 1e3:.2f} ms/step, runtime {ours * 1e3:.2f}")
-                rows.append({"path": path, "batch": batch, "threads": count, "eager_step_s": eager,
-                             "runtime_step_s": ours, "speedup": eager / ours})
+                say(
+                    f"  {path} batch {batch}, {count} thread(s): eager {eager * 1e3:.2f} ms/step, runtime {ours * 1e3:.2f}"
+                )
+                rows.append(
+                    {
+                        "path": path,
+                        "batch": batch,
+                        "threads": count,
+                        "eager_step_s": eager,
+                        "runtime_step_s": ours,
+                        "speedup": eager / ours,
+                    }
+                )
     return rows
 
 
@@ -165,7 +201,9 @@ def variants_section(pipe, batches, steps: int, threads, say) -> dict:
         problem = StepProblem(model, config, prior_std, start_codes(pipe, batch), batch_weights(pipe, classes, batch))
         results = time_variants(problem, max(1, steps // 2), threads)
         for name, result in results.items():
-            outcome = f"{result['step_s'] * 1e3:.2f} ms/step" if "step_s" in result else f"cannot run ({result['error']})"
+            outcome = (
+                f"{result['step_s'] * 1e3:.2f} ms/step" if "step_s" in result else f"cannot run ({result['error']})"
+            )
             say(f"  variant {name} batch {batch}: {outcome}")
         out["batches"][str(batch)] = {"variants": results}
         if out["quality"] is None:
@@ -177,35 +215,111 @@ def variants_section(pipe, batches, steps: int, threads, say) -> dict:
 @click.option("--sections", default=",".join(SECTIONS), show_default=True, help="Comma-separated sections to run.")
 @click.option("--batches", default="1,8,64", show_default=True, help="Batch sizes (comma-separated).")
 @click.option("--latent-steps", type=int, default=20, show_default=True, help="Latent steps timed per measurement.")
-@click.option("--composite-steps", type=int, default=2, show_default=True, help="Composite steps timed at ImageNet scale.")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Threads for ONNX Runtime and torch (default: all cores).")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
-              help="Device of the latent/composite sections (eager, variants, precision and cold start stay on the CPU).")
-@click.option("--width", type=click.Choice(["1", "2", "4", "8", "16"]), default="1", show_default=True,
-              callback=lambda context, parameter, value: int(value),
-              help="ImageNet network width divisor (1: real shapes; 16: tests).")
-@click.option("--default-bundle", type=click.Path(path_type=Path), default=DEFAULT_BUNDLE, show_default=True,
-              help="Bundle of the 'default' and 'coldstart' sections.")
-@click.option("--evaluator", type=click.Path(dir_okay=False, path_type=Path), default=REPO / "runs" / "evaluator.pt",
-              show_default=True, help="Fashion evaluator checkpoint for the 'precision' section.")
-@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=REPO / "bench" / ".cache", show_default=True,
-              help="Where the ImageNet-scale graphs are exported once.")
-@click.option("--re-export", is_flag=True, help="Export the ImageNet-scale bundle again (after the networks or exporter changed).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO / "bench" / "results", show_default=True)
-def main(sections, batches, latent_steps, composite_steps, threads, device, width, default_bundle, evaluator, cache,
-         re_export, out_dir):
+@click.option(
+    "--composite-steps", type=int, default=2, show_default=True, help="Composite steps timed at ImageNet scale."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Threads for ONNX Runtime and torch (default: all cores).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="Device of the latent/composite sections (eager, variants, precision and cold start stay on the CPU).",
+)
+@click.option(
+    "--width",
+    type=click.Choice(["1", "2", "4", "8", "16"]),
+    default="1",
+    show_default=True,
+    callback=lambda context, parameter, value: int(value),
+    help="ImageNet network width divisor (1: real shapes; 16: tests).",
+)
+@click.option(
+    "--default-bundle",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_BUNDLE,
+    show_default=True,
+    help="Bundle of the 'default' and 'coldstart' sections.",
+)
+@click.option(
+    "--evaluator",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=REPO / "runs" / "evaluator.pt",
+    show_default=True,
+    help="Fashion evaluator checkpoint for the 'precision' section.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=REPO / "bench" / ".cache",
+    show_default=True,
+    help="Where the ImageNet-scale graphs are exported once.",
+)
+@click.option(
+    "--re-export", is_flag=True, help="Export the ImageNet-scale bundle again (after the networks or exporter changed)."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=REPO / "bench" / "results",
+    show_default=True,
+)
+def main(
+    sections,
+    batches,
+    latent_steps,
+    composite_steps,
+    threads,
+    device,
+    width,
+    default_bundle,
+    evaluator,
+    cache,
+    re_export,
+    out_dir,
+):
     """Benchmark latent against composite sampling, the runtime against PyTorch eager and against the machine."""
     from latent_onnx import LatentOnnxError
 
     try:
-        run(sections, batches, latent_steps, composite_steps, threads, device, width, default_bundle, evaluator, cache,
-            re_export, out_dir)
+        run(
+            sections,
+            batches,
+            latent_steps,
+            composite_steps,
+            threads,
+            device,
+            width,
+            default_bundle,
+            evaluator,
+            cache,
+            re_export,
+            out_dir,
+        )
     except (LatentOnnxError, RuntimeError) as error:  # export, bundle, device and cold-start failures: one line
         raise click.ClickException(" ".join(str(error).split())) from None
 
 
-def run(sections, batches, latent_steps, composite_steps, threads, device, width, default_bundle, evaluator, cache,
-        re_export, out_dir):
+def run(
+    sections,
+    batches,
+    latent_steps,
+    composite_steps,
+    threads,
+    device,
+    width,
+    default_bundle,
+    evaluator,
+    cache,
+    re_export,
+    out_dir,
+):
     """The benchmark run behind `main` (same arguments)."""
     from export_tools import require_torch
     from latent_onnx import Pipeline
@@ -213,11 +327,15 @@ def run(sections, batches, latent_steps, composite_steps, threads, device, width
     chosen = [s.strip() for s in sections.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
-        raise click.BadParameter(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}", param_hint="--sections")
+        raise click.BadParameter(
+            f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}", param_hint="--sections"
+        )
     try:
         batch_sizes = [int(b) for b in batches.split(",")]
     except ValueError:
-        raise click.BadParameter(f"'{batches}' is not a comma-separated list of integers", param_hint="--batches") from None
+        raise click.BadParameter(
+            f"'{batches}' is not a comma-separated list of integers", param_hint="--batches"
+        ) from None
     if not batch_sizes or min(batch_sizes) < 1 or min(latent_steps, composite_steps) < 1:
         raise click.BadParameter("batch sizes and step counts must be >= 1")
     if {"imagenet", "eager", "variants", "precision"} & set(chosen):
@@ -226,14 +344,24 @@ def run(sections, batches, latent_steps, composite_steps, threads, device, width
     def say(line: str) -> None:
         click.echo(line, err=True)
 
-    results = {"meta": {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores", "load_before": _load(),
-        "python": platform.python_version(), "onnxruntime": __import__("onnxruntime").__version__,
-        "numpy": np.__version__, "threads": threads, "command": " ".join(["python -m bench", *sys.argv[1:]]),
-        "sections": chosen, "batches": batch_sizes, "latent_steps": latent_steps, "composite_steps": composite_steps,
-        "width": width, "device": device,
-    }}
+    results = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
+            "load_before": _load(),
+            "python": platform.python_version(),
+            "onnxruntime": __import__("onnxruntime").__version__,
+            "numpy": np.__version__,
+            "threads": threads,
+            "command": " ".join(["python -m bench", *sys.argv[1:]]),
+            "sections": chosen,
+            "batches": batch_sizes,
+            "latent_steps": latent_steps,
+            "composite_steps": composite_steps,
+            "width": width,
+            "device": device,
+        }
+    }
     threads = results["meta"]["threads"] = threads or os.cpu_count() or 1
     imagenet_pipe = None
     if {"imagenet", "eager", "variants"} & set(chosen):
@@ -242,21 +370,28 @@ def run(sections, batches, latent_steps, composite_steps, threads, device, width
         bundle = ensure_bundle(cache, width, say, refresh=re_export)
         imagenet_pipe = Pipeline.from_bundle(bundle, device=device, threads=threads)
     default_pipe = None
-    if {"default", "coldstart", "precision", "serve"} & set(chosen) and (Path(default_bundle) / "manifest.json").is_file():
+    if {"default", "coldstart", "precision", "serve"} & set(chosen) and (
+        Path(default_bundle) / "manifest.json"
+    ).is_file():
         default_pipe = Pipeline.from_bundle(default_bundle, device=device, threads=threads)
     measured = imagenet_pipe or default_pipe  # the bound is measured over the weights of its latent step
-    working_set = graph_cost(onnx.load_from_string(measured.bundle.graph_bytes("class_grad"))).weight_bytes \
-        if measured is not None else 512 << 20
+    working_set = (
+        graph_cost(onnx.load_from_string(measured.bundle.graph_bytes("class_grad"))).weight_bytes
+        if measured is not None
+        else 512 << 20
+    )
     say("measuring the machine ...")
     bounds = measure_machine(threads, working_set)
-    say(f"  {bounds.read_bandwidth_gbs:.1f} GB/s read ({bounds.buffer_mb:.0f} MB buffer), {bounds.matmul_gflops:.0f} GFLOP/s GEMM")
+    say(
+        f"  {bounds.read_bandwidth_gbs:.1f} GB/s read ({bounds.buffer_mb:.0f} MB buffer), {bounds.matmul_gflops:.0f} GFLOP/s GEMM"
+    )
     if "imagenet" in chosen:
         say("ImageNet scale: latent vs composite ...")
-        results["imagenet"] = time_bundle(imagenet_pipe, batch_sizes, latent_steps, composite_steps, say)
+        results["imagenet"] = time_bundle(imagenet_pipe, batch_sizes, latent_steps, composite_steps, say, cache)
     if "default" in chosen:
         if default_pipe is not None:
             say(f"default bundle {default_bundle}: latent vs composite ...")
-            results["default"] = time_bundle(default_pipe, batch_sizes, latent_steps * 5, latent_steps, say)
+            results["default"] = time_bundle(default_pipe, batch_sizes, latent_steps * 5, latent_steps, say, cache)
         else:
             results["default"] = {"skipped": f"no bundle at {default_bundle}"}
     if "eager" in chosen:
@@ -282,7 +417,9 @@ def run(sections, batches, latent_steps, composite_steps, threads, device, width
 
         if default_pipe is not None:
             say("cold start ...")
-            runs = [cold_start(default_bundle, "0", default_pipe.bundle.sampler["steps"], threads, REPO) for _ in range(3)]
+            runs = [
+                cold_start(default_bundle, "0", default_pipe.bundle.sampler["steps"], threads, REPO) for _ in range(3)
+            ]
             best = min(runs, key=lambda run: run.first_image_s)
             say(f"  first image after {best.first_image_s:.2f} s, peak RSS {best.peak_rss_mb:.0f} MiB")
             results["coldstart"] = {**best.to_dict(), "runs": [run.to_dict() for run in runs]}
@@ -300,8 +437,11 @@ def run(sections, batches, latent_steps, composite_steps, threads, device, width
         from bench.serve import serve_section
 
         say("serve: HTTP against the Python API ...")
-        results["serve"] = serve_section(default_bundle, say) if default_pipe is not None else {
-            "skipped": f"no bundle at {default_bundle}"}
+        results["serve"] = (
+            serve_section(default_bundle, say)
+            if default_pipe is not None
+            else {"skipped": f"no bundle at {default_bundle}"}
+        )
     say("measuring the machine again (the bound is the best of both) ...")
     bounds = best_bounds(bounds, measure_machine(threads, working_set))
     results["machine"] = dataclasses.asdict(bounds)

@@ -48,8 +48,9 @@ class ColdStart:
         return asdict(self)
 
 
-def cold_start(bundle: str, classes: str, steps: int, threads: int | None = None,
-               repo_root: Path | None = None) -> ColdStart:
+def cold_start(
+    bundle: str, classes: str, steps: int, threads: int | None = None, repo_root: Path | None = None
+) -> ColdStart:
     """Run `latent-onnx generate -n 1` on `bundle` in a fresh Python process and measure it.
 
     Raises RuntimeError with the command's stderr when it fails.
@@ -57,8 +58,27 @@ def cold_start(bundle: str, classes: str, steps: int, threads: int | None = None
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "out"
         peak_file = Path(folder) / "peak_kb.txt"
-        command = [sys.executable, "-c", _WRAPPER, str(peak_file), "generate", "--bundle", str(bundle), "--class", classes,
-                   "-n", "1", "--seed", "0", "--steps", str(steps), "--out", str(out), "--device", "cpu"]
+        command = [
+            sys.executable,
+            "-c",
+            _WRAPPER,
+            str(peak_file),
+            "generate",
+            "--bundle",
+            str(bundle),
+            "--class",
+            classes,
+            "-n",
+            "1",
+            "--seed",
+            "0",
+            "--steps",
+            str(steps),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
         if threads is not None:
             command += ["--threads", str(threads)]
         env = dict(os.environ)

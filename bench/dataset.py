@@ -40,15 +40,25 @@ def time_run(bundle: Path, per_class: int, shard_size: int, backend: str, worker
     clock = _Clock()
     with tempfile.TemporaryDirectory(prefix="bench-dataset-") as out:
         began = time.perf_counter()
-        summary = write_dataset(Path(out) / "ds", DatasetSettings(bundle=str(bundle), per_class=per_class,
-                                                                  shard_size=shard_size, format="webdataset"),
-                                RunOptions(backend=backend, workers=workers, threads=threads, device="cpu"), clock)
+        summary = write_dataset(
+            Path(out) / "ds",
+            DatasetSettings(bundle=str(bundle), per_class=per_class, shard_size=shard_size, format="webdataset"),
+            RunOptions(backend=backend, workers=workers, threads=threads, device="cpu"),
+            clock,
+        )
         wall = time.perf_counter() - began
     (first_t, first_n), (last_t, last_n) = clock.marks[0], clock.marks[-1]
     steady = (last_n - first_n) / (last_t - first_t) if last_t > first_t else None
-    return {"backend": backend, "workers": workers, "threads": threads or max(1, (os.cpu_count() or 1) // workers),
-            "images": summary.images, "shards": summary.shards, "wall_s": wall, "images_per_s": steady,
-            "images_per_s_wall": summary.images / wall}
+    return {
+        "backend": backend,
+        "workers": workers,
+        "threads": threads or max(1, (os.cpu_count() or 1) // workers),
+        "images": summary.images,
+        "shards": summary.shards,
+        "wall_s": wall,
+        "images_per_s": steady,
+        "images_per_s_wall": summary.images / wall,
+    }
 
 
 def dataset_section(bundle: Path, say, per_class: int = 60, shard_size: int = 30, runs=tuple(RUNS)) -> dict:
@@ -62,14 +72,17 @@ def dataset_section(bundle: Path, say, per_class: int = 60, shard_size: int = 30
     for name in runs:
         result = time_run(bundle, per_class, shard_size, *RUNS[name])
         out["runs"][name] = result
-        say(f"  dataset {name}: {result['images_per_s'] or 0:.1f} images/s from the first shard on "
-            f"({result['images_per_s_wall']:.1f} over the whole call, {result['images']} images)")
+        say(
+            f"  dataset {name}: {result['images_per_s'] or 0:.1f} images/s from the first shard on "
+            f"({result['images_per_s_wall']:.1f} over the whole call, {result['images']} images)"
+        )
     rate = {name: run["images_per_s"] for name, run in out["runs"].items()}
     one = rate.get("local, 1 worker")
     if one:
         out["two_workers_over_one"] = rate.get("local, 2 workers") and rate["local, 2 workers"] / one
-        out["ray_over_local"] = rate.get("ray, 2 actors") and rate["local, 2 workers"] and \
-            rate["ray, 2 actors"] / rate["local, 2 workers"]
+        out["ray_over_local"] = (
+            rate.get("ray, 2 actors") and rate["local, 2 workers"] and rate["ray, 2 actors"] / rate["local, 2 workers"]
+        )
         out["two_threads_over_one"] = rate.get("local, 1 worker, 1 thread") and one / rate["local, 1 worker, 1 thread"]
     return out
 
@@ -79,16 +92,24 @@ def markdown_lines(section: dict) -> list[str]:
     lines = ["## Dataset writing (`latent-onnx dataset`, webdataset)", ""]
     if "skipped" in section:
         return lines + [f"Skipped: {section['skipped']}.", ""]
-    lines += [f"`{Path(section['bundle']).name}`, {section['per_class']} images per class, shards of "
-              f"{section['shard_size']}, {section['cores']} cores for every run.", "",
-              "| run | ONNX Runtime threads per worker | images/s (first shard to last) | images/s (whole call) |",
-              "|---|---|---|---|"]
+    lines += [
+        f"`{Path(section['bundle']).name}`, {section['per_class']} images per class, shards of "
+        f"{section['shard_size']}, {section['cores']} cores for every run.",
+        "",
+        "| run | ONNX Runtime threads per worker | images/s (first shard to last) | images/s (whole call) |",
+        "|---|---|---|---|",
+    ]
     for name, run in section["runs"].items():
         steady = f"{run['images_per_s']:.1f}" if run["images_per_s"] else "-"
         lines.append(f"| {name} | {run['threads']} | {steady} | {run['images_per_s_wall']:.1f} |")
-    ratios = [(key, label) for key, label in (("two_workers_over_one", "2 local workers / 1"),
-                                              ("ray_over_local", "Ray 2 actors / local 2 workers"),
-                                              ("two_threads_over_one", "1 worker: all threads / 1 thread"))
-              if section.get(key)]
+    ratios = [
+        (key, label)
+        for key, label in (
+            ("two_workers_over_one", "2 local workers / 1"),
+            ("ray_over_local", "Ray 2 actors / local 2 workers"),
+            ("two_threads_over_one", "1 worker: all threads / 1 thread"),
+        )
+        if section.get(key)
+    ]
     lines += ["", "; ".join(f"{label}: {section[key]:.2f}x" for key, label in ratios) + ".", ""] if ratios else [""]
     return lines

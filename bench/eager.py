@@ -16,8 +16,15 @@ import numpy as np
 from latent_onnx import SamplerConfig
 
 
-def eager_step_seconds(logp_module, weights: np.ndarray, z0: np.ndarray, config: SamplerConfig,
-                       steps: int, threads: int, prior_std: float = 1.0) -> float:
+def eager_step_seconds(
+    logp_module,
+    weights: np.ndarray,
+    z0: np.ndarray,
+    config: SamplerConfig,
+    steps: int,
+    threads: int,
+    prior_std: float = 1.0,
+) -> float:
     """Median seconds per SGLD step of `logp_module(z, weights) -> logp [B]` in PyTorch eager.
 
     weights float32 [B, K], z0 float32 [B, D]; `steps` + 1 steps run, the first (warm-up) is not counted.

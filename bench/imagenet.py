@@ -12,11 +12,10 @@ the latent path), composite_class_grad (CaffeNet on DeePSiM's image: the composi
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 SEED = 0  # torch.manual_seed for the random weights
 BUNDLE_NAME = "bench-imagenet-random"
@@ -47,25 +46,18 @@ def bundle_dir(cache: Path, width: int) -> Path:
     return Path(cache) / f"{BUNDLE_NAME}-w{width}"
 
 
-def exporter_digest() -> str:
-    """sha256 over the sources that shape the exported graphs (export_tools/*.py and nets/*.py)."""
-    root = Path(__file__).resolve().parent.parent / "export_tools"
-    digest = hashlib.sha256()
-    for source in sorted([*root.glob("*.py"), *root.glob("nets/*.py")]):
-        digest.update(source.relative_to(root).as_posix().encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()
-
-
 def ensure_bundle(cache: Path, width: int = 1, say: Callable[[str], None] = print, refresh: bool = False) -> Path:
-    """The cached bundle for `width`, exported (and validated) first when it is not there yet, was made
-    by other exporter sources (see exporter_digest), or `refresh` is set."""
+    """The cached bundle for `width`, exported (and validated) first when it is not there yet, was written by
+    another version of the exporter (the manifest's provenance.exporter), or `refresh` is set."""
+    from export_tools import EXPORTER
+
     out = bundle_dir(cache, width)
     manifest = out / "manifest.json"
     if manifest.is_file() and not refresh:
-        made_by = json.loads(manifest.read_text()).get("provenance", {}).get("exporter_digest")
-        if made_by == exporter_digest():
+        made_by = json.loads(manifest.read_text()).get("provenance", {}).get("exporter")
+        if made_by == EXPORTER:
             return out
-        say(f"{out} was exported by other export_tools sources: exporting it again")
+        say(f"{out} was written by {made_by or 'an older exporter'}, not {EXPORTER}: exporting it again")
     from export_tools.bundle_writer import BundleSpec, write_bundle
     from export_tools.convert.imagenet_bundle import PAPER_PRESET, PPGN_CLIP, PPGN_SAMPLER
     from export_tools.convert.labels import load_class_names
@@ -88,7 +80,7 @@ def ensure_bundle(cache: Path, width: int = 1, say: Callable[[str], None] = prin
         image_classifier=nets.classifier,
         sampler=dict(PPGN_SAMPLER),
         presets={"paper": dict(PAPER_PRESET)},
-        provenance={"recipe": "bench.imagenet", "seed": SEED, "width": width, "exporter_digest": exporter_digest()},
+        provenance={"recipe": "bench.imagenet", "seed": SEED, "width": width},
     )
     say(f"exporting the ImageNet-scale bundle (width 1/{width}) to {out} (once) ...")
     report = write_bundle(out, spec, overwrite=True, progress=say)

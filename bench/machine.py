@@ -57,9 +57,9 @@ def measure_read_bandwidth(threads: int, nbytes: int = 512 << 20, repeats: int =
     for count in sorted({1, threads}):
         parts = np.array_split(matrix.reshape(-1), count)
         with ThreadPoolExecutor(count) as pool:
-            best = min(best, best_seconds(lambda: list(pool.map(np.sum, parts)), repeats))
+            best = min(best, best_seconds(lambda parts=parts: list(pool.map(np.sum, parts)), repeats))
         session = _onnx_matmul_session((1, rows), (rows, columns), count)
-        best = min(best, best_seconds(lambda: session.run(None, {"a": vector, "b": matrix}), repeats))
+        best = min(best, best_seconds(lambda session=session: session.run(None, {"a": vector, "b": matrix}), repeats))
     return matrix.nbytes / best / 1e9
 
 
@@ -67,8 +67,10 @@ def _onnx_matmul_session(a_shape: tuple[int, int], b_shape: tuple[int, int], thr
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])],
         "gemm",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, list(a_shape)),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, list(b_shape))],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, list(a_shape)),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, list(b_shape)),
+        ],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [a_shape[0], b_shape[1]])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -85,7 +87,7 @@ def measure_matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> flo
     best = best_seconds(lambda: a @ b, repeats)
     for count in sorted({1, threads}):
         session = _onnx_matmul_session((n, n), (n, n), count)
-        best = min(best, best_seconds(lambda: session.run(None, {"a": a, "b": b}), repeats))
+        best = min(best, best_seconds(lambda session=session: session.run(None, {"a": a, "b": b}), repeats))
     return 2.0 * n**3 / best / 1e9
 
 
@@ -135,21 +137,33 @@ def products_model(model: onnx.ModelProto) -> onnx.ModelProto:
         rows, columns = constants[node.input[1]].dims
         k, n = (columns, rows) if attributes.get("transB") else (rows, columns)
         x, y = f"x{len(nodes)}", f"y{len(nodes)}"
-        nodes.append(helper.make_node(node.op_type, [x, node.input[1]], [y], **{
-            key: value for key, value in attributes.items() if key == "transB"}))
+        nodes.append(
+            helper.make_node(
+                node.op_type,
+                [x, node.input[1]],
+                [y],
+                **{key: value for key, value in attributes.items() if key == "transB"},
+            )
+        )
         inputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["B", k]))
         outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, ["B", n]))
         used[node.input[1]] = constants[node.input[1]]
-    products = helper.make_model(helper.make_graph(nodes, "weight_products", inputs, outputs, list(used.values())),
-                                 opset_imports=[helper.make_opsetid("", 18)])
+    products = helper.make_model(
+        helper.make_graph(nodes, "weight_products", inputs, outputs, list(used.values())),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
     products.ir_version = 9
     return products
 
 
 def best_bounds(first: MachineBounds, second: MachineBounds) -> MachineBounds:
     """The higher of two measurements of each bound (a shared machine only ever slows a measurement down)."""
-    return MachineBounds(max(first.read_bandwidth_gbs, second.read_bandwidth_gbs),
-                         max(first.matmul_gflops, second.matmul_gflops), first.threads, first.buffer_mb)
+    return MachineBounds(
+        max(first.read_bandwidth_gbs, second.read_bandwidth_gbs),
+        max(first.matmul_gflops, second.matmul_gflops),
+        first.threads,
+        first.buffer_mb,
+    )
 
 
 def measure_machine(threads: int | None = None, buffer_bytes: int = 512 << 20) -> MachineBounds:

@@ -1,56 +1,75 @@
 """Does int8 change the samples? The default bundle sampled with float32 and with int8 class_grad weights.
 
-The same requests, seeds and sampler run through the runtime twice: once as shipped, once with the
-class_grad graph's weights quantised (export_tools.quantize); the fashion recipe's independent evaluator
+The same requests, seeds and sampler run through the runtime twice: once as shipped, once as an int8
+bundle (`int8_bundle`: the class_grad graph's weights quantised by export_tools.quantize); the fashion recipe's independent evaluator
 (export_tools.recipes.evaluator) judges both sets of images.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 
-from bench.variants import open_session
-from latent_onnx import Pipeline
-from latent_onnx.sessions import GraphRunner, SessionFactory, bundle_dims
+from latent_onnx import Bundle, Pipeline
 
 
-class QuantisedPipeline(Pipeline):
-    """A Pipeline whose class_grad graph runs with its weights converted by `quantise` (ModelProto -> ModelProto)."""
+def int8_bundle(bundle: Bundle, quantise: Callable[[onnx.ModelProto], onnx.ModelProto], folder: Path) -> Path:
+    """A copy of `bundle` in `folder` (replaced if there) whose class_grad weights are converted by `quantise`
+    (ModelProto -> ModelProto), its manifest's sha256 updated: an int8 bundle as `imagenet convert` writes one,
+    which `Pipeline.from_bundle` opens as users do (its session choice included). Other files are hard links
+    where the file system allows, else copies."""
+    out = Path(folder) / f"{bundle.name}-int8"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    class_grad = bundle.graphs["class_grad"].file
+    for source in bundle.root.iterdir():
+        if source.is_file() and source.name not in ("manifest.json", class_grad):
+            try:
+                os.link(source, out / source.name)
+            except OSError:
+                shutil.copyfile(source, out / source.name)
+    data = quantise(onnx.load_from_string(bundle.graph_bytes("class_grad"))).SerializeToString()
+    (out / class_grad).write_bytes(data)
+    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest["graphs"]["class_grad"]["sha256"] = hashlib.sha256(data).hexdigest()
+    manifest.setdefault("provenance", {})["precision"] = {
+        "class_grad": {"weights": "int8", "written_by": "bench.precision"}
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
 
-    def __init__(self, bundle, factory: SessionFactory, quantise: Callable[[onnx.ModelProto], onnx.ModelProto]):
-        self.quantise = quantise
-        self._quantised: GraphRunner | None = None
-        super().__init__(bundle, factory)
 
-    def runner(self, role: str) -> GraphRunner:
-        if role != "class_grad":
-            return super().runner(role)
-        if self._quantised is None:
-            model = self.quantise(onnx.load_from_string(self.bundle.graph_bytes(role)))
-            session = open_session(model, self.factory.threads)  # the runtime's session options, on the CPU
-            self._quantised = GraphRunner(role, session, bundle_dims(self.bundle), self.bundle.name)
-        return self._quantised
-
-
-def int8_sample_quality(bundle: Path, evaluator: Path, quantise, per_class: int, threads: int | None,
-                        seed: int = 0) -> dict:
+def int8_sample_quality(
+    bundle: Path, evaluator: Path, quantise, per_class: int, threads: int | None, seed: int = 0
+) -> dict:
     """Evaluator class agreement of float32 and int8 samples of every class (same seeds), and how often they agree."""
     from export_tools.recipes.evaluator import Judge
 
     judge = Judge.load(evaluator)
     reference = Pipeline.from_bundle(bundle, device="cpu", threads=threads)
-    quantised = QuantisedPipeline(reference.bundle, SessionFactory("cpu", threads), quantise)
     pixels = {"float32": [], "int8": []}
-    for name, pipe in (("float32", reference), ("int8", quantised)):
-        for label in range(len(reference.bundle.classes)):
-            pixels[name].append(pipe.generate(classes=str(label), n=per_class, seed=seed, batch_size=per_class).pixels)
+    with tempfile.TemporaryDirectory() as folder:
+        quantised = Pipeline.from_bundle(
+            int8_bundle(reference.bundle, quantise, Path(folder)), device="cpu", threads=threads
+        )
+        for name, pipe in (("float32", reference), ("int8", quantised)):
+            for label in range(len(reference.bundle.classes)):
+                pixels[name].append(
+                    pipe.generate(classes=str(label), n=per_class, seed=seed, batch_size=per_class).pixels
+                )
     wanted = np.repeat(np.arange(len(reference.bundle.classes)), per_class)
     seen = {name: judge.judge(np.concatenate(images)).classes for name, images in pixels.items()}
-    difference = np.abs(np.concatenate(pixels["float32"]).astype(np.int16) - np.concatenate(pixels["int8"]).astype(np.int16))
+    difference = np.abs(
+        np.concatenate(pixels["float32"]).astype(np.int16) - np.concatenate(pixels["int8"]).astype(np.int16)
+    )
     return {
         "samples": int(len(wanted)),
         "class_agreement_float32": float(np.mean(seen["float32"] == wanted)),

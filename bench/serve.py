@@ -23,9 +23,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -41,7 +41,7 @@ class ServerProcess:
         self.timeout_s = timeout_s
         self.url = ""
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         import httpx
 
         self._folder = tempfile.TemporaryDirectory()
@@ -92,12 +92,22 @@ class Drive:
     def summary(self) -> dict:
         ordered = sorted(self.latencies)
         quantiles = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
-        return {"requests": len(ordered), "requests_per_s": len(ordered) / self.wall_s, "p50_s": quantiles[49],
-                "p99_s": quantiles[98], "statuses": {str(k): v for k, v in sorted(self.statuses.items())}}
+        return {
+            "requests": len(ordered),
+            "requests_per_s": len(ordered) / self.wall_s,
+            "p50_s": quantiles[49],
+            "p99_s": quantiles[98],
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+        }
 
 
-def drive(make_sender: Callable[[], Callable[[int], int]], concurrency: int, *, seconds: float | None = None,
-          requests: int | None = None) -> Drive:
+def drive(
+    make_sender: Callable[[], Callable[[int], int]],
+    concurrency: int,
+    *,
+    seconds: float | None = None,
+    requests: int | None = None,
+) -> Drive:
     """Call senders (one per thread, made by make_sender; each call gets a request number and returns an HTTP
     status) from `concurrency` threads, for `seconds` or until `requests` calls were made in all."""
     numbers = itertools.count()
@@ -110,7 +120,9 @@ def drive(make_sender: Callable[[], Callable[[int], int]], concurrency: int, *, 
         send = make_sender()
         while True:
             number = next(numbers)
-            if (requests is not None and number >= requests) or (deadline is not None and time.perf_counter() > deadline):
+            if (requests is not None and number >= requests) or (
+                deadline is not None and time.perf_counter() > deadline
+            ):
                 return
             begun = time.perf_counter()
             status = send(number)
@@ -129,11 +141,13 @@ def drive(make_sender: Callable[[], Callable[[int], int]], concurrency: int, *, 
 
 def http_sender(url: str, body: dict) -> Callable[[], Callable[[int], int]]:
     """Senders of `body` (with seed = the request number) to POST /v1/generate, asking for the PNG itself."""
+
     def make():
         import httpx
 
         client = httpx.Client(base_url=url, timeout=120, headers={"Accept": "image/png"})
         return lambda number: client.post("/v1/generate", json={**body, "seed": number}).status_code
+
     return make
 
 
@@ -146,6 +160,7 @@ def direct_sender(pipe, classes: str) -> Callable[[], Callable[[int], int]]:
         result = pipe.generate(classes=classes, n=1, seed=number)
         png_bytes(result.images[0], png_text(pipe.bundle, result, 0))
         return 200
+
     return lambda: send
 
 
@@ -167,29 +182,43 @@ def serve_section(bundle: str | Path, say, seconds: float = 2.0, concurrencies=C
         for clients in concurrencies:
             http = drive(http_sender(server.url, {"classes": classes, "n": 1}), clients, seconds=seconds).summary()
             direct = drive(direct_sender(pipe, classes), clients, seconds=seconds).summary()
-            say(f"  {clients} client(s): HTTP {http['requests_per_s']:.1f} req/s (p50 {http['p50_s'] * 1e3:.1f} ms, "
+            say(
+                f"  {clients} client(s): HTTP {http['requests_per_s']:.1f} req/s (p50 {http['p50_s'] * 1e3:.1f} ms, "
                 f"p99 {http['p99_s'] * 1e3:.1f} ms), direct {direct['requests_per_s']:.1f} req/s "
-                f"(p50 {direct['p50_s'] * 1e3:.1f} ms, p99 {direct['p99_s'] * 1e3:.1f} ms)")
+                f"(p50 {direct['p50_s'] * 1e3:.1f} ms, p99 {direct['p99_s'] * 1e3:.1f} ms)"
+            )
             rows.append({"clients": clients, "http": http, "direct": direct})
         rss_mb = server.rss_mb()
-    return {"bundle": pipe.bundle.name, "class": classes, "steps": pipe.sampler_config().steps, "seconds_per_point": seconds,
-            "server_rss_mb": rss_mb, "rows": rows}
+    return {
+        "bundle": pipe.bundle.name,
+        "class": classes,
+        "steps": pipe.sampler_config().steps,
+        "seconds_per_point": seconds,
+        "server_rss_mb": rss_mb,
+        "rows": rows,
+    }
 
 
 def markdown_lines(section: dict) -> list[str]:
     """The serve section of results.md."""
     if "skipped" in section:
         return ["## Serving (`latent-onnx serve`)", "", f"Skipped: {section['skipped']}.", ""]
-    lines = ["## Serving (`latent-onnx serve`)", "",
-             f"n = 1 requests on `{section['bundle']}` ({section['steps']} steps, class {section['class']}), "
-             f"{section['seconds_per_point']:g} s per point; server RSS after the run {section['server_rss_mb']:.0f} MiB.", "",
-             "| clients | HTTP req/s | HTTP p50 ms | HTTP p99 ms | direct req/s | direct p50 ms | direct p99 ms | HTTP / direct |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Serving (`latent-onnx serve`)",
+        "",
+        f"n = 1 requests on `{section['bundle']}` ({section['steps']} steps, class {section['class']}), "
+        f"{section['seconds_per_point']:g} s per point; server RSS after the run {section['server_rss_mb']:.0f} MiB.",
+        "",
+        "| clients | HTTP req/s | HTTP p50 ms | HTTP p99 ms | direct req/s | direct p50 ms | direct p99 ms | HTTP / direct |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in section["rows"]:
         http, direct = row["http"], row["direct"]
-        lines.append(f"| {row['clients']} | {http['requests_per_s']:.1f} | {http['p50_s'] * 1e3:.1f} | {http['p99_s'] * 1e3:.1f} | "
-                     f"{direct['requests_per_s']:.1f} | {direct['p50_s'] * 1e3:.1f} | {direct['p99_s'] * 1e3:.1f} | "
-                     f"{http['requests_per_s'] / direct['requests_per_s']:.0%} |")
+        lines.append(
+            f"| {row['clients']} | {http['requests_per_s']:.1f} | {http['p50_s'] * 1e3:.1f} | {http['p99_s'] * 1e3:.1f} | "
+            f"{direct['requests_per_s']:.1f} | {direct['p50_s'] * 1e3:.1f} | {direct['p99_s'] * 1e3:.1f} | "
+            f"{http['requests_per_s'] / direct['requests_per_s']:.0%} |"
+        )
     return lines + [""]
 
 
@@ -228,10 +257,12 @@ def main(bundle, requests, concurrency, classes):
     body = {"classes": classes, "n": 1}
     with ServerProcess(bundle) as server:
         result = load_test(server, body, requests, concurrency)
-    click.echo(f"{result['requests']} requests at concurrency {concurrency} on {loaded.name}: statuses {result['statuses']}, "
-               f"{result['requests_per_s']:.1f} req/s, p50 {result['p50_s'] * 1e3:.1f} ms, p99 {result['p99_s'] * 1e3:.1f} ms; "
-               f"server RSS {result['rss_after_warmup_mb']:.1f} MiB after warm-up, max {result['rss_max_mb']:.1f}, "
-               f"end {result['rss_end_mb']:.1f}")
+    click.echo(
+        f"{result['requests']} requests at concurrency {concurrency} on {loaded.name}: statuses {result['statuses']}, "
+        f"{result['requests_per_s']:.1f} req/s, p50 {result['p50_s'] * 1e3:.1f} ms, p99 {result['p99_s'] * 1e3:.1f} ms; "
+        f"server RSS {result['rss_after_warmup_mb']:.1f} MiB after warm-up, max {result['rss_max_mb']:.1f}, "
+        f"end {result['rss_end_mb']:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ class PathTiming:
     graph_s: float  # best seconds of the gradient graph alone on the batch
     decode_s: float  # best seconds of the generator on the batch
     image_s: float  # seconds per finished image: (default steps x step_s + decode_s) / batch
+    generate_s: float | None = None  # latent paths: wall seconds of one whole Pipeline.generate of `batch` images
+    # at the bundle's default steps (start, every step, decode), as a user calls it; composite: not run (slow)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,8 +41,15 @@ class PathTiming:
 def step_seconds(pipe: Pipeline, classes: str, path: str, batch: int, steps: int) -> list[float]:
     """Seconds of each SGLD step after the first, from one generate run of `steps` + 1 steps at `batch` chains."""
     stamps: list[float] = []
-    pipe.generate(classes=classes, path=path, n=batch, batch_size=batch, seed=0, steps=steps + 1,
-                  callback=lambda step, total, z: stamps.append(time.perf_counter()))
+    pipe.generate(
+        classes=classes,
+        path=path,
+        n=batch,
+        batch_size=batch,
+        seed=0,
+        steps=steps + 1,
+        callback=lambda step, total, z: stamps.append(time.perf_counter()),
+    )
     return list(np.diff(stamps))
 
 
@@ -67,4 +76,7 @@ def time_path(pipe: Pipeline, classes: str, path: str, batch: int, steps: int, r
     decode = best_seconds(lambda: pipe.decode(z), max(1, repeats // 2))
     step = min(statistics.median(step_seconds(pipe, classes, path, batch, steps)) for _ in range(repeats))
     default_steps = pipe.sampler_config().steps
-    return PathTiming(path, batch, steps, step, graph, decode, (default_steps * step + decode) / batch)
+    generate = None
+    if path == "latent":
+        generate = best_seconds(lambda: pipe.generate(classes=classes, path=path, n=batch, batch_size=batch, seed=0), 1)
+    return PathTiming(path, batch, steps, step, graph, decode, (default_steps * step + decode) / batch, generate)

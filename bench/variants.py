@@ -59,13 +59,20 @@ class StepProblem:
         return draws * np.float32(math.sqrt(self.config.eps2))
 
 
-def open_session(model: onnx.ModelProto, threads: int | None, spinning: bool = False, prepack: bool = True) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads, allow_spinning=spinning, prepack=prepack),
-                                providers=["CPUExecutionProvider"])
+def open_session(
+    model: onnx.ModelProto, threads: int | None, spinning: bool = False, prepack: bool = True
+) -> ort.InferenceSession:
+    return ort.InferenceSession(
+        model.SerializeToString(),
+        session_options(threads, allow_spinning=spinning, prepack=prepack),
+        providers=["CPUExecutionProvider"],
+    )
 
 
 def update_numpy(problem: StepProblem, z: np.ndarray, grad: np.ndarray, noise: np.ndarray) -> None:
-    """The SGLD update in place on z float32 [B, D] (grad may be overwritten)."""
+    """The SGLD update in place on z float32 [B, D] (grad may be overwritten; noise already times sqrt(eps2)):
+    latent_onnx's `SGLDSampler.step` for constant eps1 and condition scale, without its allocations (tests/bench
+    checks that the two agree)."""
     c = problem.config
     if c.normalize_grad:
         grad /= np.maximum(np.mean(np.abs(grad), axis=1, keepdims=True), _TINY)
@@ -115,18 +122,27 @@ def fused_model(class_grad: onnx.ModelProto, config: SamplerConfig, prior_std: f
     for original in class_grad.graph.node:  # rename z -> z_in and every produced value, so nothing shadows
         copy = onnx.NodeProto()
         copy.CopyFrom(original)
-        copy.input[:] = ["z_in" if name == "z" else (f"b/{name}" if _produced(class_grad, name) else name) for name in copy.input]
+        copy.input[:] = [
+            "z_in" if name == "z" else (f"b/{name}" if _produced(class_grad, name) else name) for name in copy.input
+        ]
         copy.output[:] = [f"b/{name}" for name in copy.output]
         body_nodes.append(copy)
     grad = "b/grad"
     update = [node("Gather", ["noise", "iter"], ["noise_t"], axis=0)]
     if config.normalize_grad:
-        update += [node("Abs", [grad], ["abs_g"]), node("ReduceMean", ["abs_g", "axis1"], ["mean_abs"], keepdims=1),
-                   node("Max", ["mean_abs", "tiny"], ["safe_mean"]), node("Div", [grad, "safe_mean"], ["g_norm"])]
+        update += [
+            node("Abs", [grad], ["abs_g"]),
+            node("ReduceMean", ["abs_g", "axis1"], ["mean_abs"], keepdims=1),
+            node("Max", ["mean_abs", "tiny"], ["safe_mean"]),
+            node("Div", [grad, "safe_mean"], ["g_norm"]),
+        ]
         grad = "g_norm"
     update += [node("Mul", [grad, "cond_step"], ["drift"])]
     if config.prior_weight:
-        update += [node("Mul", ["z_in", "prior_step"], ["prior_drift"]), node("Sub", ["drift", "prior_drift"], ["drift_p"])]
+        update += [
+            node("Mul", ["z_in", "prior_step"], ["prior_drift"]),
+            node("Sub", ["drift", "prior_drift"], ["drift_p"]),
+        ]
     drift = "drift_p" if config.prior_weight else "drift"
     update += [node("Add", ["z_in", drift], ["moved"]), node("Add", ["moved", "noise_t"], ["z_next"])]
     z_out = "z_next"
@@ -135,25 +151,37 @@ def fused_model(class_grad: onnx.ModelProto, config: SamplerConfig, prior_std: f
         z_out = "z_clipped"
     update += [node("Identity", ["cond_in"], ["cond_out"]), node("Identity", [z_out], ["z_out"])]
     body = helper.make_graph(
-        body_nodes + update, "sgld_step",
-        [helper.make_tensor_value_info("iter", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("z_in", f32, None)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("z_out", f32, None)],
+        body_nodes + update,
+        "sgld_step",
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("z_in", f32, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("z_out", f32, None),
+        ],
     )
     scalars = {
-        "axis1": np.array([1], np.int64), "tiny": np.float32(_TINY), "zero_index": np.array([0], np.int64),
+        "axis1": np.array([1], np.int64),
+        "tiny": np.float32(_TINY),
+        "zero_index": np.array([0], np.int64),
         "cond_step": np.float32(config.eps1 * config.condition_scale),
         "prior_step": np.float32(config.eps1 * config.prior_weight / prior_std**2),
-        "lo": np.float32(config.clip[0] if config.clip else 0), "hi": np.float32(config.clip[1] if config.clip else 0),
+        "lo": np.float32(config.clip[0] if config.clip else 0),
+        "hi": np.float32(config.clip[1] if config.clip else 0),
         "true": np.array(True),
     }
     outer = [
-        node("Shape", ["noise"], ["noise_shape"]), node("Gather", ["noise_shape", "zero_index"], ["steps_1d"]),
+        node("Shape", ["noise"], ["noise_shape"]),
+        node("Gather", ["noise_shape", "zero_index"], ["steps_1d"]),
         node("Squeeze", ["steps_1d"], ["steps"]),
         node("Loop", ["steps", "true", "z"], ["z_final"], body=body),
     ]
     graph = helper.make_graph(
-        outer, "fused_sgld",
+        outer,
+        "fused_sgld",
         [*class_grad.graph.input, helper.make_tensor_value_info("noise", f32, ["steps", "batch", "D"])],
         [helper.make_tensor_value_info("z_final", f32, None)],
         list(class_grad.graph.initializer) + [numpy_helper.from_array(np.asarray(v), k) for k, v in scalars.items()],
@@ -177,8 +205,9 @@ def int8_block_model(class_grad: onnx.ModelProto, block_size: int = 32) -> onnx.
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(matmul_weights_model(class_grad), bits=8, block_size=block_size,
-                                     is_symmetric=True, accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(
+        matmul_weights_model(class_grad), bits=8, block_size=block_size, is_symmetric=True, accuracy_level=4
+    )
     quantizer.process()
     return quantizer.model.model
 
@@ -195,9 +224,11 @@ def fp16_model(class_grad: onnx.ModelProto) -> onnx.ModelProto:
     for node in graph.node:
         if node.op_type == "MatMul" and node.input[1] in weights:
             half = f"{node.input[0]}/fp16"
-            nodes += [helper.make_node("Cast", [node.input[0]], [half], to=TensorProto.FLOAT16),
-                      helper.make_node("MatMul", [half, node.input[1]], [f"{node.output[0]}/fp16"]),
-                      helper.make_node("Cast", [f"{node.output[0]}/fp16"], [node.output[0]], to=TensorProto.FLOAT)]
+            nodes += [
+                helper.make_node("Cast", [node.input[0]], [half], to=TensorProto.FLOAT16),
+                helper.make_node("MatMul", [half, node.input[1]], [f"{node.output[0]}/fp16"]),
+                helper.make_node("Cast", [f"{node.output[0]}/fp16"], [node.output[0]], to=TensorProto.FLOAT),
+            ]
         else:
             nodes.append(node)
     del graph.node[:]
@@ -221,8 +252,10 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
 
     products = products_model(model)
     rng = np.random.default_rng(0)
-    products_feeds = {i.name: rng.standard_normal((problem.batch, i.type.tensor_type.shape.dim[1].dim_value), dtype=np.float32)
-                      for i in products.graph.input}
+    products_feeds = {
+        i.name: rng.standard_normal((problem.batch, i.type.tensor_type.shape.dim[1].dim_value), dtype=np.float32)
+        for i in products.graph.input
+    }
 
     def products_only(session):
         return lambda n: [session.run(None, products_feeds) for _ in range(n)]
@@ -245,7 +278,8 @@ def time_variants(problem: StepProblem, steps: int, threads: int, rounds: int = 
         candidates[f"{label}-graph"] = lambda q=quantised: graph_only(open_session(q, threads))
         candidates[f"{label}-loop"] = lambda q=quantised: chain(open_session(q, threads), run_plain)
         candidates[f"{label}-fused"] = lambda q=quantised: chain(
-            open_session(fused_model(q, problem.config, problem.prior_std), threads), run_fused)
+            open_session(fused_model(q, problem.config, problem.prior_std), threads), run_fused
+        )
     spinning = {  # timed after the others, one at a time: workers that spin after a run take the cores of whatever runs next
         "graph-spin": lambda: graph_only(open_session(model, threads, spinning=True)),
         "loop-spin": lambda: chain(open_session(model, threads, spinning=True), run_plain),
@@ -288,7 +322,9 @@ def quality(problem: StepProblem, steps: int, threads: int | None) -> dict[str, 
     for label, quantise in (("int8block", int8_block_model), ("int8", int8_dynamic_model)):
         session = open_session(quantise(problem.model), threads)
         logp8, grad8 = session.run(["logp", "grad"], feeds)
-        cosine = np.sum(grad32 * grad8, axis=1) / (np.linalg.norm(grad32, axis=1) * np.linalg.norm(grad8, axis=1) + _TINY)
+        cosine = np.sum(grad32 * grad8, axis=1) / (
+            np.linalg.norm(grad32, axis=1) * np.linalg.norm(grad8, axis=1) + _TINY
+        )
         z8 = run_plain(session, problem, noise)
         end8 = fp32.run(["logp"], {"z": z8, "weights": problem.weights})[0]
         report[label] = {

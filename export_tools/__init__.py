@@ -13,12 +13,12 @@ Importing this package does not import torch, so a missing torch is reported by 
 from __future__ import annotations
 
 import importlib.util
-import os
-from pathlib import Path
-from typing import Callable
 
+from latent_onnx import __version__
 from latent_onnx.errors import LatentOnnxError
+from latent_onnx.images import write_atomically  # the runtime's, for the recipes' checkpoints and reports
 
+EXPORTER = f"latent-onnx-export {__version__}"  # recorded in every bundle's provenance ("exporter")
 TORCH_INSTALL_HINT = (
     "install the CPU build of torch with "
     "`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`, "
@@ -38,18 +38,6 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def write_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary path next to `path`), then rename it to `path`: a failed write leaves neither
-    a half-written `path` nor the temporary file behind."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def require_torch() -> None:
     """Raise ExportError with install instructions when torch, onnx or onnxscript is missing."""
     missing = [name for name in ("torch", "onnx", "onnxscript") if importlib.util.find_spec(name) is None]
@@ -57,4 +45,12 @@ def require_torch() -> None:
         raise ExportError(f"export_tools needs {', '.join(missing)}: {TORCH_INSTALL_HINT}")
 
 
-__all__ = ["ExportError", "first_line", "require_torch", "TORCH_INSTALL_HINT", "write_atomically"]
+__all__ = [
+    "EXPORTER",
+    "ExportError",
+    "TORCH_INSTALL_HINT",
+    "__version__",
+    "first_line",
+    "require_torch",
+    "write_atomically",
+]

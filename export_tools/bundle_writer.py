@@ -12,35 +12,40 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from export_tools import ExportError
+from export_tools import EXPORTER, ExportError
 from export_tools.conventions import PixelConvention
 from export_tools.export import (
-    GraphReport, export_caption_grad, export_class_grad, export_classifier, export_composite_class_grad,
-    export_encoder, export_generator,
+    GraphReport,
+    export_caption_grad,
+    export_class_grad,
+    export_classifier,
+    export_composite_class_grad,
+    export_encoder,
+    export_generator,
 )
 from export_tools.priors import GaussianMixturePrior, GaussianPrior, Prior
 from export_tools.quantize import quantize_int8
-from export_tools.specs import ROLES, GraphDims
-from latent_onnx.bundle import FORMAT, FORMAT_VERSION
-from latent_onnx.errors import InputError
+from export_tools.specs import GraphDims
+from latent_onnx.bundle import SAMPLER_KEYS, load_bundle, sampler_settings_problem
+from latent_onnx.contracts import FORMAT, FORMAT_VERSION, NAME_PATTERN, NAME_RULE, ROLES
+from latent_onnx.errors import LatentOnnxError
 from latent_onnx.sampler import SamplerConfig
+from latent_onnx.sessions import probe_bundle
 
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 PRECISIONS = ("float32", "int8", "auto")  # BundleSpec.class_grad_precision
 
 # Sampler defaults written when a BundleSpec leaves a key out: the runtime's own (latent_onnx.SamplerConfig).
-DEFAULT_SAMPLER = {key: value for key, value in SamplerConfig().to_dict().items() if key != "clip"}
+DEFAULT_SAMPLER = {key: value for key, value in SamplerConfig().to_dict().items() if key in SAMPLER_KEYS}
 
 
 @dataclass
@@ -51,7 +56,9 @@ class BundleSpec:
     latent_dim: int  # D
     image_hw: tuple[int, int]  # (H, W) of the bundle's images
     generator: nn.Module  # z [B, D] -> x [B, 3, h, w] in generator_convention
-    generator_convention: PixelConvention = field(default_factory=PixelConvention)  # also the encoder's input convention
+    generator_convention: PixelConvention = field(
+        default_factory=PixelConvention
+    )  # also the encoder's input convention
     description: str = ""  # one line
     license: str = ""  # SPDX id or free text
     prior: Prior = field(default_factory=GaussianPrior)  # p(z) whose log-density gradient the sampler adds
@@ -66,8 +73,12 @@ class BundleSpec:
     image_classifier: nn.Module | None = None  # x [B, 3, h, w] generator output -> logits [B, K]: composite_class_grad
     sampler: dict = field(default_factory=dict)  # overrides of DEFAULT_SAMPLER
     presets: dict[str, dict] = field(default_factory=dict)  # preset name -> partial sampler overrides, may set "clip"
-    provenance: dict = field(default_factory=dict)  # free-form; "created", "torch", "validation" (and "precision") are added
-    class_grad_precision: str = "float32"  # "int8": class_grad weights quantised (export_tools.quantize), same contract;
+    provenance: dict = field(
+        default_factory=dict
+    )  # free-form; "created", "exporter", "torch", "validation" (and "precision") are added
+    class_grad_precision: str = (
+        "float32"  # "int8": class_grad weights quantised (export_tools.quantize), same contract;
+    )
     # "auto": int8 when the quantised graph passes its check against float32, else float32 (said, and recorded)
 
 
@@ -78,15 +89,18 @@ class BundleReport:
     path: Path  # the bundle directory
     manifest: dict  # the manifest as written
     graphs: dict[str, GraphReport]  # role -> export report (max |ONNX Runtime - PyTorch| per output, float32 graph)
-    precision: dict[str, dict] = field(default_factory=dict)  # quantised role -> {"weights": "int8", figures vs float32}
+    precision: dict[str, dict] = field(
+        default_factory=dict
+    )  # quantised role -> {"weights": "int8", figures vs float32}
 
     def max_diff(self) -> dict[str, dict[str, float]]:
         """role -> output name -> largest absolute difference measured by validation."""
         return {role: dict(report.max_diff) for role, report in self.graphs.items()}
 
 
-def write_bundle(out_dir: str | Path, spec: BundleSpec, *, overwrite: bool = False,
-                 progress: Callable[[str], None] | None = None) -> BundleReport:
+def write_bundle(
+    out_dir: str | Path, spec: BundleSpec, *, overwrite: bool = False, progress: Callable[[str], None] | None = None
+) -> BundleReport:
     """Export every graph whose network `spec` gives, validate each against PyTorch, write the bundle.
 
     `progress` receives one line per step. Raises ExportError on a bad spec, a failed export or
@@ -104,6 +118,7 @@ def write_bundle(out_dir: str | Path, spec: BundleSpec, *, overwrite: bool = Fal
         precision = _quantize_graphs(spec, staging, say)
         manifest = _write_files_and_manifest(spec, staging, reports, precision)
         os.chmod(staging, 0o755)
+        _check_with_runtime(staging)
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -143,8 +158,10 @@ def _export_graphs(spec: BundleSpec, staging: Path, say: Callable[[str], None]) 
         "class_grad": (spec.head, lambda p: export_class_grad(spec.head, dims, p, sample)),
         "caption_grad": (spec.captioner, lambda p: export_caption_grad(spec.captioner, dims, p, sample)),
         "encoder": (spec.encoder, lambda p: export_encoder(spec.encoder, convention, dims, p, sample)),
-        "composite_class_grad": (spec.image_classifier, lambda p: export_composite_class_grad(
-            spec.generator, spec.image_classifier, dims, p, sample)),
+        "composite_class_grad": (
+            spec.image_classifier,
+            lambda p: export_composite_class_grad(spec.generator, spec.image_classifier, dims, p, sample),
+        ),
     }
     reports = {}
     for role in ROLES:
@@ -165,17 +182,29 @@ def _quantize_graphs(spec: BundleSpec, staging: Path, say: Callable[[str], None]
         return {}
     say("quantising class_grad to int8 weights ...")
     try:
-        figures = quantize_int8(staging / "class_grad.onnx", staging / "class_grad.onnx", "class_grad", _dims(spec),
-                                latent_sampler=_latent_sampler(spec))
+        figures = quantize_int8(
+            staging / "class_grad.onnx",
+            staging / "class_grad.onnx",
+            "class_grad",
+            _dims(spec),
+            latent_sampler=_latent_sampler(spec),
+        )
     except ExportError as exc:
         if spec.class_grad_precision == "int8":
             raise
         say(f"class_grad: kept float32 weights, int8 did not pass its check: {exc}")
         return {"class_grad": {"weights": "float32", "int8_refused": str(exc)}}
-    say(f"class_grad: int8 against float32, gradient cosine median {figures['grad_cosine_median']:.4f} "
-        f"min {figures['grad_cosine_min']:.4f}, logp relative error {figures['logp_relative_error']:.2g}")
-    return {"class_grad": {"weights": "int8", "method": "onnxruntime dynamic quantisation of row-normalised products,"
-                                                        " per-channel weights", **figures}}
+    say(
+        f"class_grad: int8 against float32, gradient cosine median {figures['grad_cosine_median']:.4f} "
+        f"min {figures['grad_cosine_min']:.4f}, logp relative error {figures['logp_relative_error']:.2g}"
+    )
+    return {
+        "class_grad": {
+            "weights": "int8",
+            "method": "onnxruntime dynamic quantisation of row-normalised products, per-channel weights",
+            **figures,
+        }
+    }
 
 
 def _file_entry(directory: Path, name: str, data: bytes) -> dict:
@@ -190,15 +219,19 @@ def _prior_entry(prior: Prior, directory: Path, stem: str) -> dict:
     return prior.manifest_entry()
 
 
-def _write_files_and_manifest(spec: BundleSpec, staging: Path, reports: dict[str, GraphReport],
-                              precision: dict[str, dict]) -> dict:
+def _write_files_and_manifest(
+    spec: BundleSpec, staging: Path, reports: dict[str, GraphReport], precision: dict[str, dict]
+) -> dict:
     latent = {"dim": spec.latent_dim, "prior": _prior_entry(spec.prior, staging, "prior")}
     if spec.init is not None:
         latent["init"] = _prior_entry(spec.init, staging, "init")
     latent["clip"] = _clip_entry(spec.clip)
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "name": spec.name, "description": spec.description, "license": spec.license,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": spec.name,
+        "description": spec.description,
+        "license": spec.license,
         "latent": latent,
         "image": {"height": int(spec.image_hw[0]), "width": int(spec.image_hw[1]), "channels": 3},
     }
@@ -219,6 +252,7 @@ def _write_files_and_manifest(spec: BundleSpec, staging: Path, reports: dict[str
     manifest["provenance"] = {
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **spec.provenance,
+        "exporter": EXPORTER,
         "torch": torch.__version__,
         "validation": {role: report.max_diff for role, report in reports.items()},
     }
@@ -243,20 +277,31 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def _check_with_runtime(directory: Path) -> None:
+    """The runtime decides what a valid bundle is: ExportError unless its reader loads what was written and every
+    graph opens against its contract and runs its probe."""
+    try:
+        probe_bundle(load_bundle(directory))
+    except LatentOnnxError as error:
+        raise ExportError(f"the runtime refuses the bundle just written: {error}") from None
+
+
 def _check_sampler_values(values: dict, where: str) -> None:
-    unknown = sorted(set(values) - set(DEFAULT_SAMPLER))
-    if unknown:
-        raise ExportError(f"{where}: unknown sampler keys {unknown}; known: {sorted(DEFAULT_SAMPLER)}")
-    for key, value in values.items():  # the runtime's rules (numpy scalars pass here, then fail the JSON check)
-        try:
-            SamplerConfig(**{key: value})
-        except InputError as error:
-            raise ExportError(f"{where}: {key}={value!r} is out of range: {error}") from None
+    """The manifest reader's rule for sampler settings (numpy scalars pass here, then fail the JSON check)."""
+    problem = sampler_settings_problem(values)
+    if problem is not None:
+        key, what = problem
+        raise ExportError(f"{where}: {key}={values[key]!r} {what}")
 
 
 def _check_clip(clip, where: str) -> None:
-    if clip is not None and not (isinstance(clip, (tuple, list)) and len(clip) == 2 and _is_number(clip[0])
-                                 and _is_number(clip[1]) and clip[0] < clip[1]):
+    if clip is not None and not (
+        isinstance(clip, (tuple, list))
+        and len(clip) == 2
+        and _is_number(clip[0])
+        and _is_number(clip[1])
+        and clip[0] < clip[1]
+    ):
         raise ExportError(f"{where} must be None or (lo, hi) with lo < hi, got {clip!r}")
 
 
@@ -273,8 +318,8 @@ def _check_lines(lines: list[str], what: str) -> None:
 
 def _check_spec(spec: BundleSpec) -> None:
     """Raise ExportError for anything the manifest rules (docs/bundle-format.md) would reject."""
-    if not isinstance(spec.name, str) or not _NAME.fullmatch(spec.name):
-        raise ExportError(f"bundle name {spec.name!r} must match [a-z0-9][a-z0-9._-]*")
+    if not isinstance(spec.name, str) or not NAME_PATTERN.match(spec.name):
+        raise ExportError(f"bundle name {spec.name!r} must match {NAME_RULE}")
     if not isinstance(spec.latent_dim, int) or spec.latent_dim < 1:
         raise ExportError(f"latent_dim must be an int >= 1, got {spec.latent_dim!r}")
     if len(spec.image_hw) != 2 or min(spec.image_hw) < 1:
@@ -295,9 +340,8 @@ def _check_spec(spec: BundleSpec) -> None:
         raise ExportError("a head or image_classifier needs the class names (BundleSpec.classes)")
     if spec.classes:
         _check_lines(spec.classes, "classes")
-    if spec.captioner is not None:
-        if not spec.vocabulary or spec.max_tokens is None:
-            raise ExportError("a captioner needs BundleSpec.vocabulary and BundleSpec.max_tokens")
+    if spec.captioner is not None and (not spec.vocabulary or spec.max_tokens is None):
+        raise ExportError("a captioner needs BundleSpec.vocabulary and BundleSpec.max_tokens")
     if spec.vocabulary:
         _check_lines(spec.vocabulary, "vocabulary")
         if spec.vocabulary[0] != "<eos>" or any(" " in w for w in spec.vocabulary):
@@ -311,6 +355,10 @@ def _check_spec(spec: BundleSpec) -> None:
         _check_sampler_values({k: v for k, v in values.items() if k != "clip"}, f"preset {preset!r}")
         _check_clip(values.get("clip"), f"preset {preset!r}: clip")
     try:
-        json.dumps([spec.name, spec.description, spec.license, spec.sampler, spec.presets, spec.provenance], allow_nan=False)
+        json.dumps(
+            [spec.name, spec.description, spec.license, spec.sampler, spec.presets, spec.provenance], allow_nan=False
+        )
     except (TypeError, ValueError) as exc:
-        raise ExportError(f"the manifest cannot be written as JSON ({exc}): check provenance, sampler and presets") from exc
+        raise ExportError(
+            f"the manifest cannot be written as JSON ({exc}): check provenance, sampler and presets"
+        ) from exc

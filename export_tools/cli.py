@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 import time
 
 import click
@@ -17,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from export_tools import ExportError, require_torch
-from latent_onnx.errors import LatentOnnxError
+from latent_onnx.cli import run_command  # the one error printer (also used by the recipes' commands)
 
 # command name -> (module, attribute holding a click command or group), imported lazily
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -64,7 +63,12 @@ class LazyGroup(click.Group):
                 rows.append((name, "(needs the export extra: torch, onnx, onnxscript)"))
                 continue
             if command is not None and not command.hidden:
-                rows.append((name, command.get_short_help_str(formatter.width - 6 - max(len(n) for n in self.list_commands(ctx)))))
+                rows.append(
+                    (
+                        name,
+                        command.get_short_help_str(formatter.width - 6 - max(len(n) for n in self.list_commands(ctx))),
+                    )
+                )
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
@@ -93,7 +97,9 @@ def load_factory(reference: str):
 @cli.command()
 @click.argument("factory")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True, help="replace an existing bundle directory (only once the new one is complete)")
+@click.option(
+    "--overwrite", is_flag=True, help="replace an existing bundle directory (only once the new one is complete)"
+)
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch CPU threads")
 def build(factory: str, out: str, overwrite: bool, threads: int | None) -> None:
     """Write the bundle described by FACTORY ("package.module:function" returning a BundleSpec) to OUT."""
@@ -109,7 +115,9 @@ def build(factory: str, out: str, overwrite: bool, threads: int | None) -> None:
         raise ExportError(f"{factory} returned {type(spec).__name__}, not a BundleSpec")
     start = time.perf_counter()
     report = write_bundle(out, spec, overwrite=overwrite, progress=lambda line: _console.print(line))
-    table = Table("graph", "output", "max |ONNX Runtime - PyTorch|", title=f"{report.path} ({time.perf_counter() - start:.0f} s)")
+    table = Table(
+        "graph", "output", "max |ONNX Runtime - PyTorch|", title=f"{report.path} ({time.perf_counter() - start:.0f} s)"
+    )
     for role, diffs in report.max_diff().items():
         for output, diff in diffs.items():
             table.add_row(role, output, f"{diff:.3g}")
@@ -117,25 +125,5 @@ def build(factory: str, out: str, overwrite: bool, threads: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI; user errors become one line on stderr and the error's exit code."""
+    """Entry point: run the CLI; user errors become one line on stderr and the error's exit code (run_command)."""
     run_command(cli, argv, prog_name="latent-onnx-export")
-
-
-def run_command(command: click.Command, argv: list[str] | None = None, prog_name: str | None = None) -> None:
-    """Run a click command and exit; user errors (LatentOnnxError, ExportError included) become one line
-    on stderr and the error's exit code, an interrupt exits 130."""
-    try:
-        result = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
-    except LatentOnnxError as error:
-        _console.print(f"error: {error}", markup=False)
-        sys.exit(error.exit_code)
-    except click.exceptions.Abort:
-        _console.print("aborted")
-        sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        _console.print("interrupted")
-        sys.exit(130)
-    sys.exit(result if isinstance(result, int) else 0)

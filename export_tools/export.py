@@ -34,6 +34,7 @@ from export_tools.conventions import PixelConvention
 from export_tools.rewrites import multiply_by_masks, share_transposed_weights
 from export_tools.specs import IR_VERSION, SPECS, GraphDims, GraphSpec, LatentSampler
 from export_tools.validate import Reference, validate_graph
+from latent_onnx.contracts import BATCH_AXIS
 
 _MAX_EMBEDDED_BYTES = 1_500_000_000  # the runtime refuses external data, so weights must fit in the file
 
@@ -92,8 +93,9 @@ class ClassifierOnGenerator(nn.Module):
         return self.image_classifier(self.generator(z))
 
 
-def _convolution_input_backward(grad_out, input, weight, bias_sizes, stride, padding, dilation, transposed,
-                                output_padding, groups, output_mask):
+def _convolution_input_backward(
+    grad_out, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
+):
     """aten.convolution_backward (no ONNX function) as plain convolutions; only input and bias gradients.
 
     The gradient of a convolution with respect to its input is the transposed convolution with the same
@@ -106,18 +108,29 @@ def _convolution_input_backward(grad_out, input, weight, bias_sizes, stride, pad
         spatial = range(len(stride))
         if transposed:
             grad_input = torch.ops.aten.convolution.default(
-                grad_out, weight, None, stride, padding, dilation, False, [0 for _ in spatial], groups)
+                grad_out, weight, None, stride, padding, dilation, False, [0 for _ in spatial], groups
+            )
         else:
-            lost = [input.shape[2 + i] - ((grad_out.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
-                                          + dilation[i] * (weight.shape[2 + i] - 1) + 1) for i in spatial]
+            lost = [
+                input.shape[2 + i]
+                - (
+                    (grad_out.shape[2 + i] - 1) * stride[i]
+                    - 2 * padding[i]
+                    + dilation[i] * (weight.shape[2 + i] - 1)
+                    + 1
+                )
+                for i in spatial
+            ]
             grad_input = torch.ops.aten.convolution.default(
-                grad_out, weight, None, stride, padding, dilation, True, lost, groups)
+                grad_out, weight, None, stride, padding, dilation, True, lost, groups
+            )
     grad_bias = grad_out.sum([0, *range(2, grad_out.dim())]) if output_mask[2] else None
     return grad_input, None, grad_bias
 
 
-def _avg_pool_input_backward(grad_out, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                             divisor_override):
+def _avg_pool_input_backward(
+    grad_out, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+):
     """aten.avg_pool{2,3}d_backward (no ONNX function; LocalResponseNorm uses avg_pool3d) as one transposed
     convolution of every channel with a constant kernel; exact whenever every window has the same divisor."""
     spatial = input.dim() - 2
@@ -134,7 +147,8 @@ def _avg_pool_input_backward(grad_out, input, kernel_size, stride, padding, ceil
     weight = grad_out.new_ones([1, 1, *kernel]) / divisor
     per_channel = grad_out.reshape(-1, 1, *out_sizes)
     grad_input = torch.ops.aten.convolution.default(
-        per_channel, weight, None, stride, padding, [1] * spatial, True, lost, 1)
+        per_channel, weight, None, stride, padding, [1] * spatial, True, lost, 1
+    )
     return grad_input.reshape(input.shape)
 
 
@@ -198,8 +212,10 @@ def eager_reference(module: nn.Module, spec: GraphSpec) -> Reference:
         try:
             exact = logp_and_grad(module64, tensors64)
         except Exception as exc:
-            raise ExportError(f"{spec.role}: the network fails in float64 (validation measures float32 rounding "
-                              f"with a float64 copy): {type(exc).__name__}: {first_line(exc)}") from exc
+            raise ExportError(
+                f"{spec.role}: the network fails in float64 (validation measures float32 rounding "
+                f"with a float64 copy): {type(exc).__name__}: {first_line(exc)}"
+            ) from exc
         return logp_and_grad(module, tensors), exact
 
     return run
@@ -219,8 +235,9 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Path,
-                   latent_sampler: LatentSampler | None) -> None:
+def _export_module(
+    module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Path, latent_sampler: LatentSampler | None
+) -> None:
     """Export `module` (inputs and outputs in spec order) to `path` with a dynamic batch axis."""
     rng = np.random.default_rng(12345)
     example = spec.example_inputs(dims, batch=2, rng=rng, latent_sampler=latent_sampler)
@@ -230,12 +247,14 @@ def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Pa
             module(*args)
     except Exception as exc:
         shapes = ", ".join(f"{t.name} {list(a.shape)} {t.dtype}" for t, a in zip(spec.inputs, args))
-        raise ExportError(f"{spec.role}: the network fails on inputs of the contract's shapes ({shapes}): "
-                          f"{type(exc).__name__}: {first_line(exc)}") from exc
+        raise ExportError(
+            f"{spec.role}: the network fails on inputs of the contract's shapes ({shapes}): "
+            f"{type(exc).__name__}: {first_line(exc)}"
+        ) from exc
     size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
     if size > _MAX_EMBEDDED_BYTES:
         raise ExportError(f"{spec.role}: {size / 1e9:.1f} GB of weights does not fit in one ONNX file (limit 1.5 GB)")
-    batch = torch.export.Dim("batch")
+    batch = torch.export.Dim(BATCH_AXIS)
     per_input = tuple({0: batch} for _ in spec.inputs)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -243,8 +262,13 @@ def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Pa
             if spec.gradient:
                 module = TracedGradient(module, args)
             program = torch.onnx.export(
-                module, args, dynamo=True, verbose=False, opset_version=spec.opset,
-                input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+                module,
+                args,
+                dynamo=True,
+                verbose=False,
+                opset_version=spec.opset,
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
                 dynamic_shapes=(per_input,) if spec.gradient else per_input,  # TracedGradient takes *inputs
             )
             program.model.ir_version = IR_VERSION  # the graphs use no IR 10 feature (4-bit types, overloads)
@@ -260,8 +284,9 @@ def _export_module(module: nn.Module, spec: GraphSpec, dims: GraphDims, path: Pa
     os.replace(tmp, path)
 
 
-def _export_and_validate(module: nn.Module, role: str, dims: GraphDims, path: str | Path,
-                         latent_sampler: LatentSampler | None) -> GraphReport:
+def _export_and_validate(
+    module: nn.Module, role: str, dims: GraphDims, path: str | Path, latent_sampler: LatentSampler | None
+) -> GraphReport:
     spec = SPECS[role]
     path = Path(path)
     start = time.perf_counter()
@@ -275,42 +300,62 @@ def _export_and_validate(module: nn.Module, role: str, dims: GraphDims, path: st
     return GraphReport(role, path, max_diff, time.perf_counter() - start)
 
 
-def export_generator(generator: nn.Module, convention: PixelConvention, dims: GraphDims, path: str | Path,
-                     latent_sampler: LatentSampler | None = None) -> GraphReport:
+def export_generator(
+    generator: nn.Module,
+    convention: PixelConvention,
+    dims: GraphDims,
+    path: str | Path,
+    latent_sampler: LatentSampler | None = None,
+) -> GraphReport:
     """generator: z [B, D] -> x [B, 3, h, w] in `convention`; writes generator.onnx (image uint8 [B, H, W, 3])."""
     if dims.image_hw is None:
         raise ExportError("the generator graph needs the image size (GraphDims.image_hw)")
-    return _export_and_validate(GeneratorGraph(generator, convention, dims.image_hw), "generator", dims, path, latent_sampler)
+    return _export_and_validate(
+        GeneratorGraph(generator, convention, dims.image_hw), "generator", dims, path, latent_sampler
+    )
 
 
-def export_classifier(head: nn.Module, dims: GraphDims, path: str | Path,
-                      latent_sampler: LatentSampler | None = None) -> GraphReport:
+def export_classifier(
+    head: nn.Module, dims: GraphDims, path: str | Path, latent_sampler: LatentSampler | None = None
+) -> GraphReport:
     """head: z [B, D] -> logits [B, K]; writes the classifier graph."""
     return _export_and_validate(head, "classifier", dims, path, latent_sampler)
 
 
-def export_class_grad(head: nn.Module, dims: GraphDims, path: str | Path,
-                      latent_sampler: LatentSampler | None = None) -> GraphReport:
+def export_class_grad(
+    head: nn.Module, dims: GraphDims, path: str | Path, latent_sampler: LatentSampler | None = None
+) -> GraphReport:
     """head: z [B, D] -> logits [B, K]; writes class_grad (logp [B], grad [B, D] from autograd)."""
     return _export_and_validate(ClassLogp(head), "class_grad", dims, path, latent_sampler)
 
 
-def export_caption_grad(captioner: nn.Module, dims: GraphDims, path: str | Path,
-                        latent_sampler: LatentSampler | None = None) -> GraphReport:
+def export_caption_grad(
+    captioner: nn.Module, dims: GraphDims, path: str | Path, latent_sampler: LatentSampler | None = None
+) -> GraphReport:
     """captioner: (z [B, D], tokens [B, T] int64, mask [B, T] float32) -> logp [B]; writes caption_grad."""
     return _export_and_validate(captioner, "caption_grad", dims, path, latent_sampler)
 
 
-def export_encoder(encoder: nn.Module, convention: PixelConvention, dims: GraphDims, path: str | Path,
-                   latent_sampler: LatentSampler | None = None) -> GraphReport:
+def export_encoder(
+    encoder: nn.Module,
+    convention: PixelConvention,
+    dims: GraphDims,
+    path: str | Path,
+    latent_sampler: LatentSampler | None = None,
+) -> GraphReport:
     """encoder: x [B, 3, H, W] in `convention` -> z [B, D]; writes encoder.onnx (input image uint8 [B, H, W, 3])."""
     if dims.image_hw is None:
         raise ExportError("the encoder graph needs the image size (GraphDims.image_hw)")
     return _export_and_validate(EncoderGraph(encoder, convention), "encoder", dims, path, latent_sampler)
 
 
-def export_composite_class_grad(generator: nn.Module, image_classifier: nn.Module, dims: GraphDims,
-                                path: str | Path, latent_sampler: LatentSampler | None = None) -> GraphReport:
+def export_composite_class_grad(
+    generator: nn.Module,
+    image_classifier: nn.Module,
+    dims: GraphDims,
+    path: str | Path,
+    latent_sampler: LatentSampler | None = None,
+) -> GraphReport:
     """image_classifier(generator(z)) -> logits [B, K]; writes composite_class_grad (grad through G and the classifier)."""
     module = ClassLogp(ClassifierOnGenerator(generator, image_classifier))
     return _export_and_validate(module, "composite_class_grad", dims, path, latent_sampler)
@@ -327,7 +372,9 @@ def load_weights(module: nn.Module, path: str | Path, *, key: str | None = None)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ExportError(f"weights file {path} cannot be read ({type(exc).__name__}): re-create or re-download it") from exc
+        raise ExportError(
+            f"weights file {path} cannot be read ({type(exc).__name__}): re-create or re-download it"
+        ) from exc
     if key is not None:
         if not isinstance(state, dict) or key not in state:
             raise ExportError(f"weights file {path} has no entry {key!r}")
@@ -339,8 +386,11 @@ def load_weights(module: nn.Module, path: str | Path, *, key: str | None = None)
     unexpected = sorted(set(state) - set(expected))
     mis_shaped = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
     if missing or unexpected or mis_shaped:
-        parts = [f"{label} {names[:3]}{'...' if len(names) > 3 else ''}"
-                 for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)) if names]
+        parts = [
+            f"{label} {names[:3]}{'...' if len(names) > 3 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped))
+            if names
+        ]
         raise ExportError(f"weights file {path} does not match {type(module).__name__}: {'; '.join(parts)}")
     module.load_state_dict(state)
     return module

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from export_tools import ExportError
+from latent_onnx.priors import check_mixture_arrays
 
 
 @dataclass(frozen=True)
@@ -34,23 +35,15 @@ class GaussianPrior:
 class GaussianMixturePrior:
     """sum_m weights[m] N(means[m], L_m L_m^T) with L_m = scale_tril[m]; arrays float64."""
 
-    weights: np.ndarray  # [M], positive, sum 1
+    weights: np.ndarray  # [M], non-negative, sum 1
     means: np.ndarray  # [M, D]
     scale_tril: np.ndarray  # [M, D, D], lower-triangular Cholesky factors with positive diagonals
 
     def __post_init__(self) -> None:
         weights, means, tril = (np.asarray(a, dtype=np.float64) for a in (self.weights, self.means, self.scale_tril))
-        if weights.ndim != 1 or means.ndim != 2 or tril.ndim != 3 or not (
-                len(weights) == means.shape[0] == tril.shape[0] and tril.shape[1:] == (means.shape[1],) * 2):
-            raise ExportError(f"GaussianMixturePrior shapes must be weights [M], means [M, D], scale_tril [M, D, D]; "
-                              f"got {weights.shape}, {means.shape}, {tril.shape}")
-        if not all(np.isfinite(a).all() for a in (weights, means, tril)):
-            raise ExportError("GaussianMixturePrior holds NaN or inf values")
-        if (weights <= 0).any() or abs(weights.sum() - 1.0) > 1e-6:
-            raise ExportError(f"GaussianMixturePrior weights must be positive and sum to 1, got sum {weights.sum():.6g}")
-        diagonals = np.diagonal(tril, axis1=1, axis2=2)
-        if (diagonals <= 0).any() or np.abs(np.triu(tril, k=1)).max(initial=0.0) > 0:
-            raise ExportError("GaussianMixturePrior scale_tril must be lower-triangular with a positive diagonal")
+        problem = check_mixture_arrays(weights, means, tril, means.shape[-1] if means.ndim == 2 else 0)
+        if problem is not None:  # the runtime's rule for a bundle's prior.npz
+            raise ExportError(f"GaussianMixturePrior: {problem}")
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "means", means)
         object.__setattr__(self, "scale_tril", tril)
@@ -64,8 +57,16 @@ class GaussianMixturePrior:
         return self.means.shape[1]
 
     @classmethod
-    def fit(cls, codes: np.ndarray, labels: np.ndarray | None = None, components: int = 1, *,
-            ridge: float = 1e-4, iterations: int = 20, seed: int = 0) -> "GaussianMixturePrior":
+    def fit(
+        cls,
+        codes: np.ndarray,
+        labels: np.ndarray | None = None,
+        components: int = 1,
+        *,
+        ridge: float = 1e-4,
+        iterations: int = 20,
+        seed: int = 0,
+    ) -> GaussianMixturePrior:
         """Fit to codes [N, D]: one component per distinct label when `labels` [N] is given, otherwise
         `components` k-means clusters; each gets its sample mean and covariance (+ ridge * mean variance * I)."""
         codes = np.asarray(codes, dtype=np.float64)
@@ -74,7 +75,9 @@ class GaussianMixturePrior:
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != (len(codes),):
-                raise ExportError(f"GaussianMixturePrior.fit: labels must have shape ({len(codes)},), got {labels.shape}")
+                raise ExportError(
+                    f"GaussianMixturePrior.fit: labels must have shape ({len(codes)},), got {labels.shape}"
+                )
             _, assignment = np.unique(labels, return_inverse=True)
         else:
             assignment = _kmeans(codes, components, iterations, np.random.default_rng(seed))
@@ -124,5 +127,7 @@ def _kmeans(codes: np.ndarray, k: int, iterations: int, rng: np.random.Generator
     for _ in range(iterations):
         distances = (codes**2).sum(1)[:, None] - 2 * codes @ centres.T + (centres**2).sum(1)[None, :]
         assignment = distances.argmin(1)
-        centres = np.stack([codes[assignment == m].mean(0) if (assignment == m).any() else centres[m] for m in range(k)])
+        centres = np.stack(
+            [codes[assignment == m].mean(0) if (assignment == m).any() else centres[m] for m in range(k)]
+        )
     return assignment

@@ -41,14 +41,23 @@ def int8_dynamic_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory() as folder, _quiet_root_logger():
         target = Path(folder) / "int8.onnx"
-        quantize_dynamic(normalise_rows(matmul_weights_model(model)), target, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(
+            normalise_rows(matmul_weights_model(model)), target, weight_type=QuantType.QInt8, per_channel=True
+        )
         quantised = onnx.load(target)
     quantised.ir_version = model.ir_version
     return quantised
 
 
-def compare_int8(float_path: str | Path, int8_path: str | Path, role: str, dims: GraphDims, *,
-                 latent_sampler: LatentSampler | None = None, seed: int = 0) -> dict[str, float]:
+def compare_int8(
+    float_path: str | Path,
+    int8_path: str | Path,
+    role: str,
+    dims: GraphDims,
+    *,
+    latent_sampler: LatentSampler | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     """Run both graphs on the same random contract inputs at each of VALIDATION_BATCHES, and again with
     one-hot class weights (what `--class` feeds).
 
@@ -73,23 +82,31 @@ def compare_int8(float_path: str | Path, int8_path: str | Path, role: str, dims:
                 raise ExportError(f"{spec.file_name} (int8) gives NaN or inf at batch {batch}: keep float32 precision")
             norm32, norm8 = np.linalg.norm(grad32, axis=1), np.linalg.norm(grad8, axis=1)
             both_zero = (norm32 == 0) & (norm8 == 0)
-            cosines += list(np.where(both_zero, 1.0, np.sum(grad32 * grad8, axis=1) / np.maximum(norm32 * norm8, _TINY)))
+            cosines += list(
+                np.where(both_zero, 1.0, np.sum(grad32 * grad8, axis=1) / np.maximum(norm32 * norm8, _TINY))
+            )
             grad_errors.append(np.linalg.norm(grad8 - grad32) / max(np.linalg.norm(grad32), _TINY))
             logp_errors.append(np.abs(logp8 - logp32).max() / max(np.abs(logp32).max(), 1.0))  # near 0: nats
     cosines = np.array(cosines)
     figures = {
-        "grad_cosine_median": float(np.median(cosines)), "grad_cosine_min": float(cosines.min()),
+        "grad_cosine_median": float(np.median(cosines)),
+        "grad_cosine_min": float(cosines.min()),
         "grad_lost_fraction": float(np.mean(cosines < LOST_COSINE)),
-        "grad_relative_error": float(max(grad_errors)), "logp_relative_error": float(max(logp_errors)),
+        "grad_relative_error": float(max(grad_errors)),
+        "logp_relative_error": float(max(logp_errors)),
     }
-    if (figures["grad_cosine_median"] < MIN_MEDIAN_GRAD_COSINE or figures["grad_cosine_min"] < LOST_COSINE
-            or figures["logp_relative_error"] > MAX_LOGP_RELATIVE_ERROR):
+    if (
+        figures["grad_cosine_median"] < MIN_MEDIAN_GRAD_COSINE
+        or figures["grad_cosine_min"] < LOST_COSINE
+        or figures["logp_relative_error"] > MAX_LOGP_RELATIVE_ERROR
+    ):
         raise ExportError(
             f"{spec.file_name} (int8) failed validation against float32 at batches {VALIDATION_BATCHES}: "
             f"median gradient cosine {figures['grad_cosine_median']:.4f} (needs >= {MIN_MEDIAN_GRAD_COSINE}), "
             f"min gradient cosine {figures['grad_cosine_min']:.3f} (needs >= {LOST_COSINE}), "
             f"logp relative error {figures['logp_relative_error']:.3g} (allowed {MAX_LOGP_RELATIVE_ERROR}), "
-            f"gradient relative error {figures['grad_relative_error']:.3g}: keep float32 precision for this network")
+            f"gradient relative error {figures['grad_relative_error']:.3g}: keep float32 precision for this network"
+        )
     return figures
 
 
@@ -101,8 +118,14 @@ def _with_one_hot_weights(inputs: dict[str, np.ndarray], rng: np.random.Generato
     return {**inputs, "weights": np.eye(classes, dtype=np.float32)[rng.integers(0, classes, batch)]}
 
 
-def quantize_int8(float_path: str | Path, int8_path: str | Path, role: str, dims: GraphDims, *,
-                  latent_sampler: LatentSampler | None = None) -> dict[str, float]:
+def quantize_int8(
+    float_path: str | Path,
+    int8_path: str | Path,
+    role: str,
+    dims: GraphDims,
+    *,
+    latent_sampler: LatentSampler | None = None,
+) -> dict[str, float]:
     """Write the int8 version of the gradient graph at `float_path` to `int8_path` (may be the same file)
     once it passes compare_int8; returns compare_int8's figures. Nothing is written on failure."""
     if role not in SPECS or not SPECS[role].gradient:

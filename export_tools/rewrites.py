@@ -74,8 +74,11 @@ def _inferred_values(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 def _matrix_inputs(model: onnx.ModelProto) -> set[str]:
     """Names of the values that shape inference proves to be 2-d (Gemm takes only matrices)."""
-    return {v.name for v in _inferred_values(model)
-            if v.type.tensor_type.HasField("shape") and len(v.type.tensor_type.shape.dim) == 2}
+    return {
+        v.name
+        for v in _inferred_values(model)
+        if v.type.tensor_type.HasField("shape") and len(v.type.tensor_type.shape.dim) == 2
+    }
 
 
 def share_transposed_weights(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -85,8 +88,11 @@ def share_transposed_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     model = _copy(model)
     graph = model.graph
     weights = {init.name: init for init in graph.initializer if len(init.dims) == 2}
-    transposed = {n.output[0]: n.input[0] for n in graph.node
-                  if n.op_type == "Transpose" and n.input[0] in weights and _attributes(n).get("perm", [1, 0]) == [1, 0]}
+    transposed = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Transpose" and n.input[0] in weights and _attributes(n).get("perm", [1, 0]) == [1, 0]
+    }
     by_shape: dict[tuple, list[str]] = {}
     for name, init in weights.items():
         by_shape.setdefault(tuple(init.dims), []).append(name)
@@ -94,7 +100,11 @@ def share_transposed_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     for name in sorted(product_weights):
         folded = numpy_helper.to_array(weights[name])
         for other in by_shape.get(tuple(reversed(weights[name].dims)), []):
-            if other != name and other not in transposed and np.array_equal(numpy_helper.to_array(weights[other]).T, folded):
+            if (
+                other != name
+                and other not in transposed
+                and np.array_equal(numpy_helper.to_array(weights[other]).T, folded)
+            ):
                 transposed[name] = other
                 break
     if not transposed:
@@ -103,8 +113,11 @@ def share_transposed_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes = []
     for node in graph.node:
         if node.op_type == "MatMul" and node.input[1] in transposed and node.input[0] in matrices:
-            nodes.append(helper.make_node("Gemm", [node.input[0], transposed[node.input[1]]], list(node.output),
-                                          name=node.name, transB=1))
+            nodes.append(
+                helper.make_node(
+                    "Gemm", [node.input[0], transposed[node.input[1]]], list(node.output), name=node.name, transB=1
+                )
+            )
         else:
             nodes.append(node)
     _replace_nodes(model, nodes)
@@ -133,8 +146,12 @@ def matmul_weights_model(model: onnx.ModelProto) -> onnx.ModelProto:
             transposed_initializer(node.input[0], node.output[0])
             continue
         attributes = _attributes(node)
-        plain_gemm = node.op_type == "Gemm" and not attributes.get("transA") \
-            and attributes.get("alpha", 1.0) == 1.0 and attributes.get("beta", 1.0) == 1.0
+        plain_gemm = (
+            node.op_type == "Gemm"
+            and not attributes.get("transA")
+            and attributes.get("alpha", 1.0) == 1.0
+            and attributes.get("beta", 1.0) == 1.0
+        )
         if plain_gemm and node.input[1] in constants:
             weight = node.input[1]
             if attributes.get("transB"):
@@ -156,18 +173,21 @@ def normalise_rows(model: onnx.ModelProto) -> onnx.ModelProto:
     model = _copy(model)
     constants = {init.name for init in model.graph.initializer}
     matrices = _matrix_inputs(model)
-    model.graph.initializer.extend([numpy_helper.from_array(np.array([1], np.int64), "rows/axis"),
-                                    numpy_helper.from_array(_TINY, "rows/tiny")])
+    model.graph.initializer.extend(
+        [numpy_helper.from_array(np.array([1], np.int64), "rows/axis"), numpy_helper.from_array(_TINY, "rows/tiny")]
+    )
     make, nodes = helper.make_node, []
     for node in model.graph.node:
         if node.op_type == "MatMul" and node.input[1] in constants and node.input[0] in matrices:
             x, out = node.input[0], node.output[0]
-            nodes += [make("Abs", [x], [f"{out}/abs"]),
-                      make("ReduceMax", [f"{out}/abs", "rows/axis"], [f"{out}/row_max"], keepdims=1),
-                      make("Max", [f"{out}/row_max", "rows/tiny"], [f"{out}/row_scale"]),
-                      make("Div", [x, f"{out}/row_scale"], [f"{out}/normalised"]),
-                      make("MatMul", [f"{out}/normalised", node.input[1]], [f"{out}/normalised_product"]),
-                      make("Mul", [f"{out}/normalised_product", f"{out}/row_scale"], [out])]
+            nodes += [
+                make("Abs", [x], [f"{out}/abs"]),
+                make("ReduceMax", [f"{out}/abs", "rows/axis"], [f"{out}/row_max"], keepdims=1),
+                make("Max", [f"{out}/row_max", "rows/tiny"], [f"{out}/row_scale"]),
+                make("Div", [x, f"{out}/row_scale"], [f"{out}/normalised"]),
+                make("MatMul", [f"{out}/normalised", node.input[1]], [f"{out}/normalised_product"]),
+                make("Mul", [f"{out}/normalised_product", f"{out}/row_scale"], [out]),
+            ]
         else:
             nodes.append(node)
     _replace_nodes(model, nodes)
@@ -181,8 +201,11 @@ def multiply_by_masks(model: onnx.ModelProto) -> onnx.ModelProto:
     Equal results for finite g (0 * g = 0 up to the sign of zero)."""
     model = _copy(model)
     graph = model.graph
-    zeros = {init.name for init in graph.initializer
-             if int(np.prod(init.dims)) == 1 and not numpy_helper.to_array(init).any()}
+    zeros = {
+        init.name
+        for init in graph.initializer
+        if int(np.prod(init.dims)) == 1 and not numpy_helper.to_array(init).any()
+    }
     floats = {v.name for v in _inferred_values(model) if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     comparisons = {n.output[0]: n for n in graph.node if n.op_type == "LessOrEqual"}
     make, nodes = helper.make_node, []
@@ -194,8 +217,10 @@ def multiply_by_masks(model: onnx.ModelProto) -> onnx.ModelProto:
                 nodes.append(make("Greater", list(comparisons[condition].input), [keep]))
             else:
                 nodes.append(make("Not", [condition], [keep]))
-            nodes += [make("Cast", [keep], [f"{out}/mask"], to=onnx.TensorProto.FLOAT),
-                      make("Mul", [gradient, f"{out}/mask"], [out])]
+            nodes += [
+                make("Cast", [keep], [f"{out}/mask"], to=onnx.TensorProto.FLOAT),
+                make("Mul", [gradient, f"{out}/mask"], [out]),
+            ]
         else:
             nodes.append(node)
     _replace_nodes(model, nodes)

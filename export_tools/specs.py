@@ -1,17 +1,19 @@
-"""Declared contract of every graph role: tensor names, dtypes, shapes, opset, tolerance, example inputs.
+"""Every graph role's export spec: the runtime's contract (latent_onnx.contracts: tensor names, dtypes, symbolic
+dims) plus what export needs (tolerances, opset, example inputs).
 
-The table mirrors docs/bundle-format.md ("Graph contracts"). Shapes use symbolic names:
-"batch" (the dynamic axis), "D" latent dim, "K" classes, "T" max tokens, "H" / "W" image size.
+Shapes use the contract's symbols: "B" (the dynamic axis), "D" latent dim, "K" classes, "T" max tokens,
+"H" / "W" image size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from export_tools import ExportError
+from latent_onnx.contracts import BATCH, CONTRACTS
 
 OPSET = 18  # ONNX opset of every exported graph (onnxruntime >= 1.14 runs it)
 IR_VERSION = 9  # ONNX IR version written (the exporter's default 10 needs onnxruntime >= 1.18; pyproject allows 1.17)
@@ -50,17 +52,16 @@ class TensorSpec:
 
     name: str  # exact ONNX name
     dtype: str  # numpy dtype name: "float32", "int64" or "uint8"
-    shape: tuple[str | int, ...]  # "batch" is the dynamic axis; other strings are GraphDims names; ints are fixed
+    shape: tuple[str | int, ...]  # BATCH ("B") is the dynamic axis; other strings are GraphDims names; ints are fixed
     sample: str = ""  # inputs only, how examples are drawn: "latent", "weights", "tokens", "mask" or "pixels"
 
     def concrete_shape(self, dims: GraphDims, batch: int) -> tuple[int, ...]:
-        """Shape with "batch" set to `batch` and every other symbolic dim resolved."""
-        return tuple(
-            batch if d == "batch" else dims.resolve(d) if isinstance(d, str) else d for d in self.shape
-        )
+        """Shape with BATCH set to `batch` and every other symbolic dim resolved."""
+        return tuple(batch if d == BATCH else dims.resolve(d) if isinstance(d, str) else d for d in self.shape)
 
-    def example(self, dims: GraphDims, batch: int, rng: np.random.Generator,
-                latent_sampler: LatentSampler | None) -> np.ndarray:
+    def example(
+        self, dims: GraphDims, batch: int, rng: np.random.Generator, latent_sampler: LatentSampler | None
+    ) -> np.ndarray:
         """Random example input of this tensor's shape and dtype."""
         shape = self.concrete_shape(dims, batch)
         if self.sample == "latent":
@@ -98,41 +99,32 @@ class GraphSpec:
     def file_name(self) -> str:
         return f"{self.role}.onnx"
 
-    def example_inputs(self, dims: GraphDims, batch: int, rng: np.random.Generator,
-                       latent_sampler: LatentSampler | None = None) -> dict[str, np.ndarray]:
+    def example_inputs(
+        self, dims: GraphDims, batch: int, rng: np.random.Generator, latent_sampler: LatentSampler | None = None
+    ) -> dict[str, np.ndarray]:
         """Random inputs {name: array} at batch size `batch`."""
         return {t.name: t.example(dims, batch, rng, latent_sampler) for t in self.inputs}
 
 
-_Z = TensorSpec("z", "float32", ("batch", "D"), "latent")
-_WEIGHTS = TensorSpec("weights", "float32", ("batch", "K"), "weights")
-_LOGP = TensorSpec("logp", "float32", ("batch",))
-_GRAD = TensorSpec("grad", "float32", ("batch", "D"))
-
-SPECS: dict[str, GraphSpec] = {
-    "generator": GraphSpec(
-        "generator", (_Z,), (TensorSpec("image", "uint8", ("batch", "H", "W", 3)),),
-        gradient=False, atol=1.0, rtol=0.0, max_changed_fraction=1e-3,  # rounding may flip a few pixels by one level
-    ),
-    "classifier": GraphSpec(
-        "classifier", (_Z,), (TensorSpec("logits", "float32", ("batch", "K")),),
-        gradient=False, atol=1e-5, rtol=1e-4,
-    ),
-    "class_grad": GraphSpec(
-        "class_grad", (_Z, _WEIGHTS), (_LOGP, _GRAD), gradient=True, atol=0.0, rtol=1e-4, noise_factor=10.0,
-    ),
-    "caption_grad": GraphSpec(
-        "caption_grad",
-        (_Z, TensorSpec("tokens", "int64", ("batch", "T"), "tokens"), TensorSpec("mask", "float32", ("batch", "T"), "mask")),
-        (_LOGP, _GRAD), gradient=True, atol=0.0, rtol=1e-3, noise_factor=10.0,
-    ),
-    "encoder": GraphSpec(
-        "encoder", (TensorSpec("image", "uint8", ("batch", "H", "W", 3), "pixels"),), (TensorSpec("z", "float32", ("batch", "D")),),
-        gradient=False, atol=1e-5, rtol=1e-3,
-    ),
-    "composite_class_grad": GraphSpec(
-        "composite_class_grad", (_Z, _WEIGHTS), (_LOGP, _GRAD), gradient=True, atol=0.0, rtol=1e-3, noise_factor=10.0,
-    ),
+# how examples of each input are drawn (TensorSpec.sample)
+_SAMPLES = {"z": "latent", "weights": "weights", "tokens": "tokens", "mask": "mask", "image": "pixels"}
+# role -> GraphSpec fields beyond the contract: validation tolerances
+_TOLERANCES = {
+    # rounding may flip a few pixels by one level
+    "generator": dict(gradient=False, atol=1.0, rtol=0.0, max_changed_fraction=1e-3),
+    "classifier": dict(gradient=False, atol=1e-5, rtol=1e-4),
+    "class_grad": dict(gradient=True, atol=0.0, rtol=1e-4, noise_factor=10.0),
+    "caption_grad": dict(gradient=True, atol=0.0, rtol=1e-3, noise_factor=10.0),
+    "encoder": dict(gradient=False, atol=1e-5, rtol=1e-3),
+    "composite_class_grad": dict(gradient=True, atol=0.0, rtol=1e-3, noise_factor=10.0),
 }
 
-ROLES: tuple[str, ...] = tuple(SPECS)  # manifest order
+SPECS: dict[str, GraphSpec] = {
+    role: GraphSpec(
+        role,
+        tuple(TensorSpec(t.name, t.dtype, t.dims, _SAMPLES[t.name]) for t in contract.inputs),
+        tuple(TensorSpec(t.name, t.dtype, t.dims) for t in contract.outputs),
+        **_TOLERANCES[role],
+    )
+    for role, contract in CONTRACTS.items()
+}

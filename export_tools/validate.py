@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -30,30 +30,42 @@ def open_session(path: str | Path) -> ort.InferenceSession:
 
 def check_signature(session: ort.InferenceSession, spec: GraphSpec, dims: GraphDims) -> None:
     """Names, dtypes and static dims of the session's inputs and outputs match the spec; batch is dynamic."""
-    for kind, actual, declared in (("input", session.get_inputs(), spec.inputs), ("output", session.get_outputs(), spec.outputs)):
+    for kind, actual, declared in (
+        ("input", session.get_inputs(), spec.inputs),
+        ("output", session.get_outputs(), spec.outputs),
+    ):
         names = [a.name for a in actual]
         if names != [t.name for t in declared]:
             raise ExportError(f"{spec.file_name}: {kind}s are {names}, the contract says {[t.name for t in declared]}")
         for arg, tensor in zip(actual, declared):
             if arg.type != _ORT_TYPES[tensor.dtype]:
-                raise ExportError(f"{spec.file_name}: {kind} '{arg.name}' is {arg.type}, the contract says {tensor.dtype}")
+                raise ExportError(
+                    f"{spec.file_name}: {kind} '{arg.name}' is {arg.type}, the contract says {tensor.dtype}"
+                )
             expected = tensor.concrete_shape(dims, batch=-1)
             if len(arg.shape) != len(expected):
-                raise ExportError(f"{spec.file_name}: {kind} '{arg.name}' has shape {arg.shape}, the contract says {tensor.shape}")
+                raise ExportError(
+                    f"{spec.file_name}: {kind} '{arg.name}' has shape {arg.shape}, the contract says {tensor.shape}"
+                )
             for got, want in zip(arg.shape, expected):
                 if (want == -1 and isinstance(got, int)) or (want != -1 and got != want):
-                    raise ExportError(f"{spec.file_name}: {kind} '{arg.name}' has shape {arg.shape}, the contract says {tensor.shape}")
+                    raise ExportError(
+                        f"{spec.file_name}: {kind} '{arg.name}' has shape {arg.shape}, the contract says {tensor.shape}"
+                    )
 
 
-def compare_output(spec: GraphSpec, name: str, got: np.ndarray, want: np.ndarray, batch: int,
-                   exact: np.ndarray | None = None) -> float:
+def compare_output(
+    spec: GraphSpec, name: str, got: np.ndarray, want: np.ndarray, batch: int, exact: np.ndarray | None = None
+) -> float:
     """Largest |got - want| (want: PyTorch float32, exact: PyTorch float64 or None); raises ExportError
     when it exceeds the spec's tolerance."""
     where = f"{spec.file_name} failed validation at batch {batch}: output '{name}'"
     if got.shape != want.shape:
         raise ExportError(f"{where} has shape {got.shape}, PyTorch gives {want.shape}")
     if not (np.isfinite(want).all() and np.isfinite(got).all()):
-        raise ExportError(f"{where} is not finite (NaN or inf) in ONNX Runtime or PyTorch: check the network on random inputs")
+        raise ExportError(
+            f"{where} is not finite (NaN or inf) in ONNX Runtime or PyTorch: check the network on random inputs"
+        )
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     largest = float(diff.max(initial=0.0))
     allowed = spec.atol + spec.rtol * float(np.abs(want).max(initial=0.0))
@@ -63,13 +75,22 @@ def compare_output(spec: GraphSpec, name: str, got: np.ndarray, want: np.ndarray
         raise ExportError(f"{where} differs from PyTorch by {largest:.3g} (allowed {allowed:.3g})")
     changed = float((diff > 0).mean()) if diff.size else 0.0
     if changed > spec.max_changed_fraction:
-        raise ExportError(f"{where} differs from PyTorch in {changed:.2%} of its elements (allowed {spec.max_changed_fraction:.2%})")
+        raise ExportError(
+            f"{where} differs from PyTorch in {changed:.2%} of its elements (allowed {spec.max_changed_fraction:.2%})"
+        )
     return largest
 
 
-def validate_graph(path: str | Path, spec: GraphSpec, dims: GraphDims, reference: Reference, *,
-                   batch_sizes: tuple[int, ...] = (1, 3), seed: int = 0,
-                   latent_sampler: LatentSampler | None = None) -> dict[str, float]:
+def validate_graph(
+    path: str | Path,
+    spec: GraphSpec,
+    dims: GraphDims,
+    reference: Reference,
+    *,
+    batch_sizes: tuple[int, ...] = (1, 3),
+    seed: int = 0,
+    latent_sampler: LatentSampler | None = None,
+) -> dict[str, float]:
     """Run the graph and `reference` (PyTorch) on random inputs at each batch size.
 
     Returns output name -> largest absolute difference; raises ExportError naming the graph, the
@@ -85,8 +106,10 @@ def validate_graph(path: str | Path, spec: GraphSpec, dims: GraphDims, reference
         want, exact = reference(inputs)
         for index, (tensor, g, w) in enumerate(zip(spec.outputs, got, want)):
             if g.shape != tensor.concrete_shape(dims, batch):
-                raise ExportError(f"{spec.file_name}: output '{tensor.name}' has shape {g.shape} at batch {batch}, "
-                                  f"the contract says {tensor.concrete_shape(dims, batch)}")
+                raise ExportError(
+                    f"{spec.file_name}: output '{tensor.name}' has shape {g.shape} at batch {batch}, "
+                    f"the contract says {tensor.concrete_shape(dims, batch)}"
+                )
             diff = compare_output(spec, tensor.name, g, w, batch, None if exact is None else exact[index])
             largest[tensor.name] = max(largest[tensor.name], diff)
     return largest

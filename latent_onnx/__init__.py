@@ -21,6 +21,16 @@ except metadata.PackageNotFoundError:  # running from a source checkout
     __version__ = "0+source"
 
 __all__ = [
-    "Bundle", "BundleError", "DeviceError", "GenerateOptions", "GenerationResult", "InputError",
-    "LatentOnnxError", "OutputError", "Pipeline", "SGLDSampler", "SamplerConfig", "load_bundle",
+    "Bundle",
+    "BundleError",
+    "DeviceError",
+    "GenerateOptions",
+    "GenerationResult",
+    "InputError",
+    "LatentOnnxError",
+    "OutputError",
+    "Pipeline",
+    "SGLDSampler",
+    "SamplerConfig",
+    "load_bundle",
 ]

@@ -1,4 +1,4 @@
-"""Load and verify a bundle directory (docs/bundle-format.md, format version 1).
+"""Load and verify a bundle directory (docs/bundle-format.md; the contract itself is latent_onnx.contracts).
 
 Every field of manifest.json is validated, every file is confined to the bundle directory and
 checked against its sha256, and graphs are handed out as verified bytes (never re-read by path).
@@ -18,24 +18,32 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .errors import BundleError
+from .contracts import FORMAT, FORMAT_VERSION, FORMAT_VERSIONS, NAME_PATTERN, NAME_RULE, ROLES
+from .errors import BundleError, InputError
 from .onnx_scan import MalformedModel, uses_external_data
 from .priors import GaussianMixturePrior, GaussianPrior, check_mixture_arrays
-from .errors import InputError
 from .sampler import SAMPLER_FIELDS, SamplerConfig
 
-FORMAT = "latent-onnx-bundle"
-FORMAT_VERSION = 2  # written by this version's exporter
-FORMAT_VERSIONS = (1, 2)  # read; version 2 added the sampler keys method and anneal
 DEFAULT_BUNDLE = "fashion-colors"
 BUNDLE_ENV = "LATENT_ONNX_BUNDLE"
-ROLES = ("generator", "classifier", "class_grad", "caption_grad", "encoder", "composite_class_grad")
-SAMPLER_KEYS = tuple(name for name in SAMPLER_FIELDS if name != "clip")  # the manifest's sampler keys (clip: latent.clip)
-_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+SAMPLER_KEYS = tuple(
+    name for name in SAMPLER_FIELDS if name != "clip"
+)  # the manifest's sampler keys (clip: latent.clip)
 _SHA_PATTERN = re.compile(r"[0-9a-f]{64}\Z")
 _TOP_KEYS = {
-    "format", "format_version", "name", "description", "license", "latent", "image", "classes",
-    "caption", "graphs", "sampler", "presets", "provenance",
+    "format",
+    "format_version",
+    "name",
+    "description",
+    "license",
+    "latent",
+    "image",
+    "classes",
+    "caption",
+    "graphs",
+    "sampler",
+    "presets",
+    "provenance",
 }
 
 
@@ -167,7 +175,9 @@ def _confined_path(root: Path, ref: FileRef) -> Path:
         or any(part in ("..", ".") for part in ref.file.split("/"))
         or re.match(r"[A-Za-z]:", ref.file)
     ):
-        raise BundleError(f"bundle {root}: manifest field '{ref.field}' names '{ref.file}', which is not a plain relative path inside the bundle")
+        raise BundleError(
+            f"bundle {root}: manifest field '{ref.field}' names '{ref.file}', which is not a plain relative path inside the bundle"
+        )
     path = root.joinpath(*posix.parts)
     resolved = path.resolve()
     if not resolved.is_relative_to(root):
@@ -216,6 +226,23 @@ def _mixture_arrays(data: bytes) -> dict[str, np.ndarray] | str:
     return {key: array.astype(np.float64) for key, array in raw.items()}
 
 
+def sampler_settings_problem(values: dict) -> tuple[str, str] | None:
+    """(key, what is wrong) for the first unusable entry of manifest sampler settings (any of SAMPLER_KEYS), or None.
+    The one rule for the manifest's `sampler` and `presets`: the reader and the bundle writer both apply it."""
+    for key, item in values.items():
+        if key not in SAMPLER_KEYS:
+            return key, f"is not a sampler setting (known: {', '.join(SAMPLER_KEYS)})"
+        if key == "start" and item == "image":
+            return key, 'cannot be "image" (that start is set by an init image)'
+        try:
+            SamplerConfig(**{key: item})
+        except InputError as error:
+            return key, f"is out of range: {error}"
+        except TypeError:  # e.g. a list where a number belongs
+            return key, "has the wrong type"
+    return None
+
+
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -245,19 +272,24 @@ class _ManifestReader:
             raw = (self.root / "manifest.json").read_bytes()
             manifest = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
         except json.JSONDecodeError as error:
-            raise BundleError(f"bundle {self.root}: manifest.json is not valid JSON (line {error.lineno}: {error.msg})") from None
+            raise BundleError(
+                f"bundle {self.root}: manifest.json is not valid JSON (line {error.lineno}: {error.msg})"
+            ) from None
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: NaN, 1e999, huge ints
             raise BundleError(f"bundle {self.root}: cannot read manifest.json ({error})") from None
         m = self.obj(manifest, "(top level)", required=set(), optional=_TOP_KEYS)
         if m.get("format") != FORMAT:
-            self.fail("format", f"must be \"{FORMAT}\"")
+            self.fail("format", f'must be "{FORMAT}"')
         version = m.get("format_version")
         if version not in FORMAT_VERSIONS or isinstance(version, bool):
-            self.fail("format_version", f"must be one of {', '.join(map(str, FORMAT_VERSIONS))} (the versions this runtime"
-                                        " reads); a newer bundle needs a newer latent-onnx")
+            self.fail(
+                "format_version",
+                f"must be one of {', '.join(map(str, FORMAT_VERSIONS))} (the versions this runtime"
+                " reads); a newer bundle needs a newer latent-onnx",
+            )
         name = self.string(m, "name")
-        if not _NAME_PATTERN.match(name):
-            self.fail("name", "must match [a-z0-9][a-z0-9._-]*")
+        if not NAME_PATTERN.match(name):
+            self.fail("name", f"must match {NAME_RULE}")
 
         latent = self.obj(m.get("latent"), "latent", required={"dim", "prior"}, optional={"init", "clip"})
         dim = self.integer(latent, "dim", "latent.dim", minimum=1)
@@ -298,13 +330,24 @@ class _ManifestReader:
         if not isinstance(provenance, dict):
             self.fail("provenance", "must be an object")
         return Bundle(
-            root=self.root, name=name,
+            root=self.root,
+            name=name,
             description=self.string(m, "description", required=False),
             license=self.string(m, "license", required=False),
-            latent_dim=dim, prior=prior, init=init, clip=clip, image_hw=(height, width),
-            classes=classes, vocabulary=vocabulary, max_tokens=max_tokens, graphs=graphs,
-            sampler=sampler, presets=presets, provenance=provenance,
-            manifest_sha256=hashlib.sha256(raw).hexdigest(), manifest=manifest,
+            latent_dim=dim,
+            prior=prior,
+            init=init,
+            clip=clip,
+            image_hw=(height, width),
+            classes=classes,
+            vocabulary=vocabulary,
+            max_tokens=max_tokens,
+            graphs=graphs,
+            sampler=sampler,
+            presets=presets,
+            provenance=provenance,
+            manifest_sha256=hashlib.sha256(raw).hexdigest(),
+            manifest=manifest,
         )
 
     # --- field helpers -------------------------------------------------------------------
@@ -318,7 +361,7 @@ class _ManifestReader:
         unknown = sorted(value.keys() - required - optional)
         if unknown:
             prefix = "" if where == "(top level)" else f"{where}."
-            self.fail(f"{prefix}{unknown[0]}", "is not a field of format version 1")
+            self.fail(f"{prefix}{unknown[0]}", f"is not a field of format version {FORMAT_VERSION}")
         return value
 
     def string(self, obj: dict, key: str, required: bool = True) -> str:
@@ -376,7 +419,7 @@ class _ManifestReader:
 
     def distribution(self, value, where: str, dim: int):
         if not isinstance(value, dict) or value.get("kind") not in ("gaussian", "gaussian_mixture"):
-            self.fail(f"{where}.kind", "must be \"gaussian\" or \"gaussian_mixture\"")
+            self.fail(f"{where}.kind", 'must be "gaussian" or "gaussian_mixture"')
         if value["kind"] == "gaussian":
             self.obj(value, where, required={"kind", "mean", "std"})
             mean = self.number(value["mean"], f"{where}.mean", -math.inf, strict=False)
@@ -388,8 +431,10 @@ class _ManifestReader:
         data = _read_verified(self.root, ref)
         arrays = _mixture_arrays(data)
         if isinstance(arrays, str):
-            raise BundleError(f"bundle {self.root}: '{ref.file}' ({where}) is not a prior .npz with float arrays"
-                              f" weights, means, scale_tril ({arrays})")
+            raise BundleError(
+                f"bundle {self.root}: '{ref.file}' ({where}) is not a prior .npz with float arrays"
+                f" weights, means, scale_tril ({arrays})"
+            )
         problem = check_mixture_arrays(arrays["weights"], arrays["means"], arrays["scale_tril"], dim)
         if problem is None and len(arrays["weights"]) != components:
             problem = f"holds {len(arrays['weights'])} components, the manifest says {components}"
@@ -420,15 +465,13 @@ class _ManifestReader:
     def sampler(self, value, where: str, partial: bool) -> dict:
         """Sampler settings (all of SAMPLER_KEYS' required ones unless `partial`), checked by SamplerConfig itself."""
         required = set() if partial else {"steps", "eps1", "eps2", "prior_weight"}
-        value = self.obj(value if value is not None or partial else None, where, required=required, optional=set(SAMPLER_KEYS))
-        for key, item in value.items():
-            if key == "start" and item == "image":
-                self.fail(f"{where}.{key}", "cannot be \"image\" (that start is set by an init image)")
-            try:
-                SamplerConfig().updated(**{key: item})
-            except InputError as error:
-                self.fail(f"{where}.{key}", f"is out of range: {error}")
-            except TypeError:  # e.g. a list where a number belongs
-                self.fail(f"{where}.{key}", "has the wrong type")
-        return {key: float(item) if isinstance(item, int) and key not in ("steps",) and not isinstance(item, bool)
-                else item for key, item in value.items()}
+        value = self.obj(
+            value if value is not None or partial else None, where, required=required, optional=set(SAMPLER_KEYS)
+        )
+        problem = sampler_settings_problem(value)
+        if problem is not None:
+            self.fail(f"{where}.{problem[0]}", problem[1])
+        return {
+            key: float(item) if isinstance(item, int) and key not in ("steps",) and not isinstance(item, bool) else item
+            for key, item in value.items()
+        }

@@ -13,7 +13,6 @@ import numpy as np
 from .errors import InputError
 from .sessions import GraphRunner
 
-
 _INDEX = re.compile(r"[0-9]+", re.ASCII)  # a class index: ASCII digits only ('²'.isdigit() is True)
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)  # a weight, ASCII decimal
 _WEIGHT_MAX = 1e6  # weights are float32 inputs of the gradient graph; far beyond this the chains only diverge
@@ -46,7 +45,9 @@ class ClassIndex:
         if _INDEX.fullmatch(key):
             index = int(key)
             if index >= len(self.classes):
-                raise InputError(f"class index {index} is out of range (the bundle has {len(self.classes)} classes, 0..{len(self.classes) - 1})")
+                raise InputError(
+                    f"class index {index} is out of range (the bundle has {len(self.classes)} classes, 0..{len(self.classes) - 1})"
+                )
             return index
         matches = self._display.get(key) or self._synonym.get(key) or []
         if len(matches) == 1:
@@ -55,8 +56,10 @@ class ClassIndex:
             options = ", ".join(f"{i} ({self.classes[i][0]})" for i in matches)
             raise InputError(f"class '{name}' is ambiguous: it names classes {options}; give the index instead")
         hint = _suggest(key, sorted(self._display) + sorted(self._synonym))
-        raise InputError(f"unknown class '{name}'{hint} (list them with `latent-onnx classes`; another bundle, such as the"
-                         " ImageNet one of docs/imagenet.md, is chosen with --bundle)")
+        raise InputError(
+            f"unknown class '{name}'{hint} (list them with `latent-onnx classes`; another bundle, such as the"
+            " ImageNet one of docs/imagenet.md, is chosen with --bundle)"
+        )
 
     def search(self, text: str) -> list[int]:
         """Indices of classes any of whose names contain `text` (case-insensitive)."""
@@ -66,7 +69,9 @@ class ClassIndex:
     def weights(self, spec: str) -> np.ndarray:
         """Class weights float32 [K] from "sneaker", "11", "sneaker:0.7,sandal:0.3" or "dress:1,red dress:-0.5"."""
         if not isinstance(spec, str) or not spec.strip():
-            raise InputError("the class spec is empty; give a class name, an index, or name:weight pairs separated by commas")
+            raise InputError(
+                "the class spec is empty; give a class name, an index, or name:weight pairs separated by commas"
+            )
         weights = np.zeros(len(self.classes), dtype=np.float64)
         for item in spec.split(","):
             name, _, weight_text = item.rpartition(":") if ":" in item else (item, "", "1")
@@ -78,7 +83,9 @@ class ClassIndex:
                 raise InputError(f"class weight '{weight_text.strip()}' in '{item.strip()}' is not a number")
             weights[self.lookup(name)] += float(weight_text)
         if not np.all(np.abs(weights) <= _WEIGHT_MAX):
-            raise InputError(f"class spec '{spec}': a class weight is beyond {_WEIGHT_MAX:g} in size; give weights such as 0.7")
+            raise InputError(
+                f"class spec '{spec}': a class weight is beyond {_WEIGHT_MAX:g} in size; give weights such as 0.7"
+            )
         if not np.any(weights):
             raise InputError(f"class spec '{spec}' has all weights zero")
         return weights.astype(np.float32)
@@ -107,16 +114,21 @@ def caption_tokens(caption: str, vocabulary: list[str], max_tokens: int) -> tupl
 class GradientTarget:
     """log p(y | z) and its gradient for a fixed condition y, through one gradient graph.
 
-    `extra` holds the condition's per-sample inputs (e.g. weights [K] or tokens [T]), tiled to the batch.
+    `extra` holds the condition's per-sample inputs (e.g. weights [K] or tokens [T]), tiled to the batch
+    (once per batch size: the sampler calls the target with the same batch every step).
     """
 
     def __init__(self, runner: GraphRunner, extra: dict[str, np.ndarray]):
         self.runner = runner
         self.extra = extra
+        self._tiled: dict[int, dict[str, np.ndarray]] = {}  # batch size -> extra tiled to [batch, ...]
 
     def __call__(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logp float32 [B], grad float32 [B, D]) at z float32 [B, D]."""
         batch = z.shape[0]
-        feeds = {name: np.broadcast_to(value, (batch, *value.shape)).copy() for name, value in self.extra.items()}
+        feeds = self._tiled.get(batch)
+        if feeds is None:
+            feeds = {name: np.broadcast_to(value, (batch, *value.shape)).copy() for name, value in self.extra.items()}
+            self._tiled[batch] = feeds
         out = self.runner.run(z=z, **feeds)
         return out["logp"], out["grad"]

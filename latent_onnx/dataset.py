@@ -22,14 +22,15 @@ import re
 import tarfile
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from . import __version__
-from .conditioning import ClassIndex, caption_tokens
+from .conditioning import ClassIndex
 from .errors import InputError, LatentOnnxError, OutputError
-from .images import _write_atomic, check_output_dir, png_bytes
+from .images import check_output_dir, png_bytes, write_atomically
 from .metadata import bundle_ref, png_text
 from .pipeline import GenerateOptions, Pipeline
 from .sampler import check_int
@@ -91,8 +92,15 @@ class Condition:
     def options(self, start: int, count: int, settings: DatasetSettings, batch_size: int) -> GenerateOptions:
         """The generate options for images start .. start + count - 1 of this condition."""
         classes = None if self.class_index is None else str(self.class_index)
-        return GenerateOptions(classes=classes, caption=self.caption, n=count, seed=self.seed, start_index=start,
-                               batch_size=batch_size, preset=settings.preset).updated(**settings.sampler)
+        return GenerateOptions(
+            classes=classes,
+            caption=self.caption,
+            n=count,
+            seed=self.seed,
+            start_index=start,
+            batch_size=batch_size,
+            preset=settings.preset,
+        ).updated(**settings.sampler)
 
 
 @dataclass(frozen=True)
@@ -192,23 +200,40 @@ def plan_dataset(settings: DatasetSettings) -> Plan:
         raise InputError(f"{len(problems)} problem(s) with the conditions: " + "; ".join(problems))
     if not found:
         raise InputError("no conditions: give --classes or --captions")
-    for label, k, caption, _ in found:  # opens (and so checks) each gradient graph the run uses
+    for _, k, caption, _ in found:  # opens (and so checks) each gradient graph the run uses
         pipe.target(None if k is None else str(k), caption)
     slugs = [_slug(label) for label, *_ in found]
     conditions = [
-        Condition(label=label, folder=slug if slugs.count(slug) == 1 else f"{slug}-{position}", class_index=k,
-                  caption=caption, seed=condition_seed(settings.seed, key))
+        Condition(
+            label=label,
+            folder=slug if slugs.count(slug) == 1 else f"{slug}-{position}",
+            class_index=k,
+            caption=caption,
+            seed=condition_seed(settings.seed, key),
+        )
         for position, ((label, k, caption, key), slug) in enumerate(zip(found, slugs))
     ]
     identity = {
         "bundle": {"name": bundle.name, "ref": bundle_ref(bundle), "manifest_sha256": bundle.manifest_sha256},
-        "conditions": [{"label": c.label, "folder": c.folder, "class_index": c.class_index, "caption": c.caption,
-                        "seed": c.seed} for c in conditions],
-        "per_class": per_class, "seed": settings.seed, "shard_size": settings.shard_size, "format": settings.format,
-        "preset": settings.preset, "sampler": config.to_dict(),
+        "conditions": [
+            {"label": c.label, "folder": c.folder, "class_index": c.class_index, "caption": c.caption, "seed": c.seed}
+            for c in conditions
+        ],
+        "per_class": per_class,
+        "seed": settings.seed,
+        "shard_size": settings.shard_size,
+        "format": settings.format,
+        "preset": settings.preset,
+        "sampler": config.to_dict(),
     }
-    return Plan(settings=settings, bundle_root=str(bundle.root), bundle_sha256=bundle.manifest_sha256,
-                identity=identity, conditions=conditions, total=len(conditions) * per_class)
+    return Plan(
+        settings=settings,
+        bundle_root=str(bundle.root),
+        bundle_sha256=bundle.manifest_sha256,
+        identity=identity,
+        conditions=conditions,
+        total=len(conditions) * per_class,
+    )
 
 
 # --- workers: make a shard's bytes ---------------------------------------------------------
@@ -224,8 +249,10 @@ class ShardMaker:
         self.plan, self.batch_size = plan, batch_size
         self.pipe = Pipeline.from_bundle(plan.bundle_root, device=device, threads=threads)
         if self.pipe.bundle.manifest_sha256 != plan.bundle_sha256:
-            raise OutputError(f"the bundle at {plan.bundle_root} changed since the run started (manifest sha256 "
-                              f"{self.pipe.bundle.manifest_sha256[:12]}, expected {plan.bundle_sha256[:12]})")
+            raise OutputError(
+                f"the bundle at {plan.bundle_root} changed since the run started (manifest sha256 "
+                f"{self.pipe.bundle.manifest_sha256[:12]}, expected {plan.bundle_sha256[:12]})"
+            )
 
     def make(self, shard: Shard) -> list[Sample]:
         """The shard's samples in dataset order: PNG bytes as `generate` writes them, and their rows."""
@@ -235,11 +262,23 @@ class ShardMaker:
             for batch in self.pipe.iter_batches(condition.options(start, count, plan.settings, self.batch_size)):
                 for row, index in enumerate(batch.indices):
                     data = png_bytes(batch.images[row], png_text(self.pipe.bundle, batch, row))
-                    samples.append((condition.folder, plan.stem(condition, index), data, {
-                        "label": condition.label, "label_index": position, "class_index": condition.class_index,
-                        "caption": condition.caption, "seed": condition.seed, "index": index,
-                        "logp": float(batch.logp[row]), "sha256": hashlib.sha256(data).hexdigest(),
-                    }))
+                    samples.append(
+                        (
+                            condition.folder,
+                            plan.stem(condition, index),
+                            data,
+                            {
+                                "label": condition.label,
+                                "label_index": position,
+                                "class_index": condition.class_index,
+                                "caption": condition.caption,
+                                "seed": condition.seed,
+                                "index": index,
+                                "logp": float(batch.logp[row]),
+                                "sha256": hashlib.sha256(data).hexdigest(),
+                            },
+                        )
+                    )
         return samples
 
 
@@ -271,8 +310,9 @@ class LocalWorkers:
         self.running: dict[concurrent.futures.Future, int] = {}
 
     def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(1, mp_context=self.context, initializer=_start_local_worker,
-                                                      initargs=self.args)
+        return concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=self.context, initializer=_start_local_worker, initargs=self.args
+        )
 
     def submit(self, slot: int, shard: Shard) -> None:
         self.running[self.pools[slot].submit(_make_local, shard)] = slot
@@ -288,6 +328,7 @@ class LocalWorkers:
                 return future.result()
             except concurrent.futures.process.BrokenProcessPool:
                 raise WorkerDied(f"worker process {slot} ended") from None
+
         return slot, result
 
     def restart(self, slot: int) -> None:
@@ -316,7 +357,7 @@ def _sha256(path: Path) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     text = json.dumps(data, indent=1).encode()
-    _write_atomic(path, lambda stream: stream.write(text))
+    write_atomically(path, lambda temp: temp.write_bytes(text))
 
 
 class DatasetFolder:
@@ -326,9 +367,16 @@ class DatasetFolder:
         self.out, self.plan = out, plan
         self.manifest_path = out / MANIFEST_NAME
         self.parts = out / STATE_DIR / "shards"
-        self.manifest = {"format": MANIFEST_FORMAT, "format_version": 1, "software": f"latent-onnx {__version__}",
-                         "settings": plan.identity, "total": plan.total, "shard_count": len(plan.shards()),
-                         "complete": False, "shards": {}}
+        self.manifest = {
+            "format": MANIFEST_FORMAT,
+            "format_version": 1,
+            "software": f"latent-onnx {__version__}",
+            "settings": plan.identity,
+            "total": plan.total,
+            "shard_count": len(plan.shards()),
+            "complete": False,
+            "shards": {},
+        }
 
     def shard_file(self, shard: Shard) -> Path:
         if self.plan.settings.format == "webdataset":
@@ -339,16 +387,22 @@ class DatasetFolder:
         """Adopt the manifest already in OUT (same settings), replace it (overwrite), or start one."""
         old = self._read_manifest()
         if old is not None:
-            if {k: old.get(k) for k in ("software", "settings")} == {k: self.manifest[k] for k in ("software", "settings")}:
+            if {k: old.get(k) for k in ("software", "settings")} == {
+                k: self.manifest[k] for k in ("software", "settings")
+            }:
                 self.manifest["shards"] = old.get("shards", {})
             elif not overwrite:
-                raise OutputError(f"{self.out} holds a dataset with other settings ({_difference(old, self.manifest)}); "
-                                  f"rerun with the same settings to resume, or pass --overwrite to replace it")
+                raise OutputError(
+                    f"{self.out} holds a dataset with other settings ({_difference(old, self.manifest)}); "
+                    f"rerun with the same settings to resume, or pass --overwrite to replace it"
+                )
             else:
                 self._remove(old)
         elif any(p.name != STATE_DIR for p in self.out.iterdir()) and not overwrite:
-            raise OutputError(f"{self.out} is not empty and holds no latent-onnx dataset; choose an empty or new "
-                              f"folder, or pass --overwrite to write into it")
+            raise OutputError(
+                f"{self.out} is not empty and holds no latent-onnx dataset; choose an empty or new "
+                f"folder, or pass --overwrite to write into it"
+            )
         self.parts.mkdir(parents=True, exist_ok=True)
         self._remove_temporaries()
         self.save()
@@ -359,8 +413,10 @@ class DatasetFolder:
         try:
             data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise OutputError(f"cannot read the dataset manifest {self.manifest_path}: {error}; pass --overwrite to "
-                              f"replace the dataset") from None
+            raise OutputError(
+                f"cannot read the dataset manifest {self.manifest_path}: {error}; pass --overwrite to "
+                f"replace the dataset"
+            ) from None
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise OutputError(f"{self.manifest_path} is not a latent-onnx dataset manifest; choose another folder")
         return data
@@ -408,27 +464,32 @@ class DatasetFolder:
         """Write one shard's files (each whole, under a temporary name first) and record it."""
         file = self.shard_file(shard)
         if self.plan.settings.format == "webdataset":
-            _write_atomic(file, lambda stream: _write_tar(stream, samples))
+            write_atomically(file, lambda temp: _write_tar(temp, samples))
         else:
             lines = []
             for folder, stem, data, row in samples:
                 name = f"{folder}/{stem}.png"
-                _write_atomic(self.out / name, lambda stream: stream.write(data))
+                write_atomically(self.out / name, lambda temp, data=data: temp.write_bytes(data))
                 lines.append(json.dumps({"file_name": name, **row}) + "\n")
             text = "".join(lines).encode()
-            _write_atomic(file, lambda stream: stream.write(text))
-        self.manifest["shards"][shard.name] = {"file": file.relative_to(self.out).as_posix(), "sha256": _sha256(file),
-                                               "count": len(samples)}
+            write_atomically(file, lambda temp: temp.write_bytes(text))
+        self.manifest["shards"][shard.name] = {
+            "file": file.relative_to(self.out).as_posix(),
+            "sha256": _sha256(file),
+            "count": len(samples),
+        }
         self.save()
 
     def finish(self) -> None:
         """After the last shard: imagefolder's metadata.jsonl (the shard parts in order); mark complete."""
         if self.plan.settings.format == "imagefolder":
-            def concatenate(stream):
-                for shard in self.plan.shards():
-                    with open(self.shard_file(shard), "rb") as part:
-                        stream.write(part.read())
-            _write_atomic(self.out / "metadata.jsonl", concatenate)
+
+            def concatenate(temp: Path) -> None:
+                with open(temp, "wb") as stream:
+                    for shard in self.plan.shards():
+                        stream.write(self.shard_file(shard).read_bytes())
+
+            write_atomically(self.out / "metadata.jsonl", concatenate)
         self.manifest["complete"] = True
         self.save()
 
@@ -440,18 +501,23 @@ class DatasetFolder:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise OutputError(f"another latent-onnx run is writing {self.out}; wait for it or choose another "
-                                  f"folder") from None
+                raise OutputError(
+                    f"another latent-onnx run is writing {self.out}; wait for it or choose another folder"
+                ) from None
             yield
 
 
-def _write_tar(stream, samples: list[Sample]) -> None:
+def _write_tar(path: Path, samples: list[Sample]) -> None:
     """A WebDataset shard: per sample <key>.png, <key>.cls (label index), <key>.txt (label), <key>.json (row);
     fixed mtime, owner and mode, so equal samples give equal bytes."""
-    with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for _, stem, data, row in samples:
-            members = (("png", data), ("cls", str(row["label_index"]).encode()), ("txt", row["label"].encode()),
-                       ("json", json.dumps(row, sort_keys=True).encode()))
+            members = (
+                ("png", data),
+                ("cls", str(row["label_index"]).encode()),
+                ("txt", row["label"].encode()),
+                ("json", json.dumps(row, sort_keys=True).encode()),
+            )
             for extension, content in members:
                 info = tarfile.TarInfo(f"{stem}.{extension}")
                 info.size, info.mtime, info.mode = len(content), 0, 0o644
@@ -468,8 +534,11 @@ def _difference(old: dict, new: dict) -> str:
             if key == "conditions":
                 return "other classes or captions"
             if isinstance(value, dict):
-                inner = next(k for k in set(value) | set(old_settings.get(key) or {})
-                             if (old_settings.get(key) or {}).get(k) != value.get(k))
+                inner = next(
+                    k
+                    for k in set(value) | set(old_settings.get(key) or {})
+                    if (old_settings.get(key) or {}).get(k) != value.get(k)
+                )
                 return f"{key} {inner} {(old_settings.get(key) or {}).get(inner)!r}, not {value.get(inner)!r}"
             return f"{key} {old_settings.get(key)!r}, not {value!r}"
     return "other settings"
@@ -500,8 +569,9 @@ class Progress:
         pass
 
 
-def write_dataset(out: str | os.PathLike, settings: DatasetSettings, run: RunOptions = RunOptions(),
-                  progress: Progress | None = None) -> DatasetSummary:
+def write_dataset(
+    out: str | os.PathLike, settings: DatasetSettings, run: RunOptions = RunOptions(), progress: Progress | None = None
+) -> DatasetSummary:
     """Write (or resume, or complete) the dataset of `settings` in folder `out`; every check runs before
     any work. LatentOnnxError subclasses on bad input, unusable output, dead workers or a dead cluster."""
     began = time.perf_counter()
@@ -538,8 +608,9 @@ def write_dataset(out: str | os.PathLike, settings: DatasetSettings, run: RunOpt
                 raise
             workers.close(finished=True)
         folder.finish()
-    return DatasetSummary(out=out, images=plan.total, shards=len(shards), kept=kept, made=len(todo),
-                          seconds=time.perf_counter() - began)
+    return DatasetSummary(
+        out=out, images=plan.total, shards=len(shards), kept=kept, made=len(todo), seconds=time.perf_counter() - began
+    )
 
 
 def _run_shards(workers, todo: list[Shard], folder: DatasetFolder, progress: Progress, slots: int) -> None:
@@ -563,9 +634,11 @@ def _run_shards(workers, todo: list[Shard], folder: DatasetFolder, progress: Pro
         except WorkerDied as death:
             attempts[shard.name] = attempts.get(shard.name, 0) + 1
             if attempts[shard.name] >= MAX_ATTEMPTS:
-                raise WorkerError(f"a worker died {MAX_ATTEMPTS} times while making shard {shard.name} (images "
-                                  f"{shard.start} .. {shard.stop - 1}; last: {death}); the finished shards are kept, "
-                                  f"run the same command again to resume") from None
+                raise WorkerError(
+                    f"a worker died {MAX_ATTEMPTS} times while making shard {shard.name} (images "
+                    f"{shard.start} .. {shard.stop - 1}; last: {death}); the finished shards are kept, "
+                    f"run the same command again to resume"
+                ) from None
             workers.restart(slot)
             pending.appendleft(shard)
             feed(slot)
@@ -579,15 +652,23 @@ class ConsoleProgress(Progress):
     """On a terminal, a rich bar (images done, images per second, ETA); elsewhere a line per shard on stderr."""
 
     def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
 
         self.console, self.bar, self.task = console, None, None
         if console.is_terminal:
-            self.bar = RichProgress(TextColumn("dataset"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-                                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
-                                    transient=True)
+            self.bar = RichProgress(
+                TextColumn("dataset"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("images"),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
 
-    def __enter__(self) -> "ConsoleProgress":
+    def __enter__(self) -> ConsoleProgress:
         if self.bar is not None:
             self.bar.start()
         return self
@@ -611,8 +692,10 @@ class ConsoleProgress(Progress):
             self.bar.update(self.task, completed=self.done, rate=f"{rate:.1f} images/s")
             return
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        self.console.print(f"shard {shard.name} done ({self.finished}/{self.shards} shards, {self.done}/{self.total} "
-                           f"images, {rate:.1f} images/s, ETA {eta:.0f} s)")
+        self.console.print(
+            f"shard {shard.name} done ({self.finished}/{self.shards} shards, {self.done}/{self.total} "
+            f"images, {rate:.1f} images/s, ETA {eta:.0f} s)"
+        )
 
 
 def read_captions(path: str | os.PathLike) -> tuple[str, ...]:

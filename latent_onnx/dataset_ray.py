@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from .dataset import Plan, RunOptions, Sample, Shard, ShardMaker, WorkerDied, WorkerError
 from .errors import InputError, LatentOnnxError
@@ -25,12 +25,16 @@ def check_ray(address: str | None) -> None:
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise InputError(f"--ray-address must be host:port (the head node's GCS port, 6379 by default), not {address!r}")
+        raise InputError(
+            f"--ray-address must be host:port (the head node's GCS port, 6379 by default), not {address!r}"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as error:
-        raise WorkerError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}; start it with "
-                          f"`ray start --head` or check the address") from None
+        raise WorkerError(
+            f"cannot reach the Ray cluster at {address}: {error.strerror or error}; start it with "
+            f"`ray start --head` or check the address"
+        ) from None
 
 
 class RayWorkers:
@@ -44,15 +48,19 @@ class RayWorkers:
         try:
             ray.init(address=run.ray_address, logging_level=logging.ERROR, **extra)
         except (ConnectionError, RuntimeError) as error:
-            raise WorkerError(f"cannot connect to the Ray cluster at {run.ray_address or 'a new local one'}: "
-                              f"{' '.join(str(error).split())[:200]} (a cluster with token authentication needs "
-                              f"RAY_AUTH_MODE=token and its token)") from None
+            raise WorkerError(
+                f"cannot connect to the Ray cluster at {run.ray_address or 'a new local one'}: "
+                f"{' '.join(str(error).split())[:200]} (a cluster with token authentication needs "
+                f"RAY_AUTH_MODE=token and its token)"
+            ) from None
         cpus = int(ray.cluster_resources().get("CPU", 0))
         self.threads = run.threads or max(1, cpus // run.workers)
         if run.workers * self.threads > cpus:
             ray.shutdown()
-            raise WorkerError(f"the Ray cluster has {cpus} CPUs, too few for {run.workers} actors of {self.threads} "
-                              f"thread(s); use fewer --workers or --threads")
+            raise WorkerError(
+                f"the Ray cluster has {cpus} CPUs, too few for {run.workers} actors of {self.threads} "
+                f"thread(s); use fewer --workers or --threads"
+            )
         self.actor_class = ray.remote(ShardMaker).options(num_cpus=self.threads)
         self.args = (plan, self.threads, run.device, run.batch_size)
         self.actors = [self.actor_class.remote(*self.args) for _ in range(run.workers)]
@@ -76,6 +84,7 @@ class RayWorkers:
                 if isinstance(error.cause, LatentOnnxError):
                     raise error.cause from None
                 raise WorkerError(f"a Ray actor failed: {' '.join(str(error.cause).split())[:200]}") from None
+
         return slot, result
 
     def restart(self, slot: int) -> None:

@@ -42,5 +42,6 @@ class SamplingError(LatentOnnxError):
 def printable(text) -> str:
     """`text` safe to print on a terminal: control and format characters (escape codes, bidi overrides,
     line breaks) shown as Python escapes. Rich markup is never interpreted: consoles print with markup off."""
-    return "".join(char if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp") else ascii(char)[1:-1]
-                   for char in str(text))
+    return "".join(
+        char if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp") else ascii(char)[1:-1] for char in str(text)
+    )

@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +38,24 @@ def check_output_dir(directory: Path) -> None:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError:
-        raise OutputError(f"cannot write to {directory}: {probe} is not writable; choose another --out folder") from None
+        raise OutputError(
+            f"cannot write to {directory}: {probe} is not writable; choose another --out folder"
+        ) from None
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Call write(file object) on a temporary file next to `path`, then rename it to `path`; whatever stops
-    it (a full disk, an interrupt) removes the temporary file."""
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call write(temporary path next to `path`), then rename it to `path`: whatever stops it (a full disk, an
+    interrupt) leaves neither a half-written `path` nor the temporary file; an OSError becomes an OutputError.
+    The one way this project writes a file whole (the runtime's images and datasets, the exporter's files)."""
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror}") from None
     try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
+        write(Path(temp_name))
         os.chmod(temp_name, 0o644)
         os.replace(temp_name, path)
     except BaseException as error:
@@ -74,7 +79,7 @@ def png_bytes(image: Image.Image, text: dict[str, str]) -> bytes:
 def save_png(image: Image.Image, path: Path, text: dict[str, str]) -> None:
     """Write a PNG with `text` as tEXt chunks (key -> value)."""
     data = png_bytes(image, text)
-    _write_atomic(path, lambda stream: stream.write(data))
+    write_atomically(path, lambda temp: temp.write_bytes(data))
 
 
 MAX_INPUT_PIXELS = 4096 * 4096  # larger input images are refused before they are decoded
@@ -92,8 +97,9 @@ def read_image(path: Path, what: str) -> tuple[Image.Image, str]:
             with Image.open(io.BytesIO(data)) as probe:
                 width, height = probe.size
                 if width * height > MAX_INPUT_PIXELS:
-                    raise InputError(f"{what} {path} is {width}x{height} pixels; give an image of at most "
-                                     f"{MAX_INPUT_PIXELS} pixels")
+                    raise InputError(
+                        f"{what} {path} is {width}x{height} pixels; give an image of at most {MAX_INPUT_PIXELS} pixels"
+                    )
                 image = probe.convert("RGB")
     except InputError:
         raise
@@ -118,7 +124,9 @@ def stored_parameters(path: Path) -> dict | None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                text = image.text.get(PNG_TEXT_KEY) if image.format == "PNG" else image.info.get("comment", b"").decode()
+                text = (
+                    image.text.get(PNG_TEXT_KEY) if image.format == "PNG" else image.info.get("comment", b"").decode()
+                )
         value = json.loads(text) if text else None
     except Exception:  # not an image of ours: unreadable, damaged, other text
         return None
@@ -128,10 +136,10 @@ def stored_parameters(path: Path) -> dict | None:
 def save_gif(frames: list[Image.Image], path: Path, frame_ms: int = 80, comment: str = "") -> None:
     """Write an animated GIF that loops, holding the last frame a second; `comment` goes in its comment block."""
     durations = [frame_ms] * (len(frames) - 1) + [1000]
-    _write_atomic(
+    write_atomically(
         path,
-        lambda stream: frames[0].save(
-            stream, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0, comment=comment
+        lambda temp: frames[0].save(
+            temp, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0, comment=comment
         ),
     )
 

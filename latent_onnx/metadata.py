@@ -22,8 +22,15 @@ def bundle_ref(bundle: Bundle) -> str:
     return str(bundle.root)
 
 
-def reproduce_command(bundle: Bundle, options, config, index: int, init_image: str | None = None,
-                      upscale: int = 1, resample: str = "nearest") -> str:
+def reproduce_command(
+    bundle: Bundle,
+    options,
+    config,
+    index: int,
+    init_image: str | None = None,
+    upscale: int = 1,
+    resample: str = "nearest",
+) -> str:
     """The `latent-onnx generate` command that remakes sample `index` of a run of (resolved) `options`
     and sampler `config` alone."""
     words = ["latent-onnx", "generate", "--bundle", bundle_ref(bundle)]
@@ -40,26 +47,54 @@ def reproduce_command(bundle: Bundle, options, config, index: int, init_image: s
     return shlex.join(words)
 
 
-def parameters(bundle: Bundle, options, config, index: int, *, init_image_sha256: str | None = None,
-               upscale: int = 1, resample: str = "nearest") -> dict:
+def parameters(
+    bundle: Bundle,
+    options,
+    config,
+    index: int,
+    *,
+    init_image_sha256: str | None = None,
+    upscale: int = 1,
+    resample: str = "nearest",
+) -> dict:
     """The generation parameters of sample `index` of a run of (resolved) `options` and `config`: everything
     that decides its pixels, known before it runs (the file's JSON chunk is this plus its logp)."""
     return {
-        "software": f"latent-onnx {__version__}", "bundle": bundle.name, "bundle_manifest_sha256": bundle.manifest_sha256,
-        "classes": options.classes, "caption": options.caption, "seed": options.seed, "index": index,
-        "then": options.then, "switch_at": options.switch_at,
-        "path": options.path, "preset": options.preset, "sampler": config.to_dict(),
-        "init_image_sha256": init_image_sha256, "upscale": upscale, "resample": resample,
+        "software": f"latent-onnx {__version__}",
+        "bundle": bundle.name,
+        "bundle_manifest_sha256": bundle.manifest_sha256,
+        "classes": options.classes,
+        "caption": options.caption,
+        "seed": options.seed,
+        "index": index,
+        "then": options.then,
+        "switch_at": options.switch_at,
+        "path": options.path,
+        "preset": options.preset,
+        "sampler": config.to_dict(),
+        "init_image_sha256": init_image_sha256,
+        "upscale": upscale,
+        "resample": resample,
     }
 
 
-def png_text(bundle: Bundle, result, row: int, *, init_image: str | None = None,
-             init_image_sha256: str | None = None, upscale: int = 1, resample: str = "nearest") -> dict[str, str]:
+def png_text(
+    bundle: Bundle,
+    result,
+    row: int,
+    *,
+    init_image: str | None = None,
+    init_image_sha256: str | None = None,
+    upscale: int = 1,
+    resample: str = "nearest",
+) -> dict[str, str]:
     """tEXt chunks of sample `row` of `result`: the JSON parameters with logp, Software, and Comment (the command)."""
     index = result.indices[row]
     scaling = {"upscale": upscale, "resample": resample}
-    chunk = {**parameters(bundle, result.options, result.config, index, init_image_sha256=init_image_sha256, **scaling),
-             "logp": float(result.logp[row])}
+    chunk = {
+        **parameters(bundle, result.options, result.config, index, init_image_sha256=init_image_sha256, **scaling),
+        "logp": float(result.logp[row]),
+    }
     return {
         PNG_TEXT_KEY: json.dumps(chunk, sort_keys=True),
         "Software": f"latent-onnx {__version__}",

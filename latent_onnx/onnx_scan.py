@@ -81,3 +81,19 @@ def uses_external_data(model_bytes: bytes) -> bool:
     Raises MalformedModel when the bytes are not a well-formed protobuf message.
     """
     return _has_external(memoryview(model_bytes), "model")
+
+
+def op_types(model_bytes: bytes) -> set[str]:
+    """The operator types of the main graph's nodes (not of subgraphs or functions) of a serialized ModelProto.
+
+    Raises MalformedModel when the bytes are not a well-formed protobuf message.
+    """
+    found = set()
+    for field, wire, graph in _fields(memoryview(model_bytes)):
+        if field == 7 and wire == 2:  # ModelProto.graph
+            for graph_field, graph_wire, node in _fields(graph):
+                if graph_field == 1 and graph_wire == 2:  # GraphProto.node
+                    found.update(
+                        bytes(value).decode("utf-8", "replace") for f, w, value in _fields(node) if f == 4 and w == 2
+                    )
+    return found

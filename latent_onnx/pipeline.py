@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -52,7 +53,7 @@ class GenerateOptions:
     init_z: np.ndarray | None = None  # float32 [n, D] injected starting codes (tests, round trips)
     noise: np.ndarray | None = None  # float32 [steps, n, D] injected standard-normal noise (scaled by sqrt(eps2))
 
-    def updated(self, **values) -> "GenerateOptions":
+    def updated(self, **values) -> GenerateOptions:
         """A copy with fields replaced; keys naming a SamplerConfig field (steps, eps1, method, ...) go into
         `sampler` (None leaves the setting as it was); unknown keys are an InputError."""
         own = {f.name for f in fields(self)}
@@ -89,14 +90,19 @@ class GenerationResult:
     pixels: np.ndarray = field(repr=False)  # uint8 [n, H, W, 3], the same images as an array
 
     @classmethod
-    def concatenate(cls, parts: list["GenerationResult"]) -> "GenerationResult":
+    def concatenate(cls, parts: list[GenerationResult]) -> GenerationResult:
         """One result from the results of consecutive batches of one run."""
         first = parts[0]
         return cls(
-            images=[image for part in parts for image in part.images], z=np.concatenate([p.z for p in parts]),
-            logp=np.concatenate([p.logp for p in parts]), acceptance=np.concatenate([p.acceptance for p in parts]),
-            indices=[i for part in parts for i in part.indices], options=first.options, config=first.config,
-            bundle_name=first.bundle_name, pixels=np.concatenate([p.pixels for p in parts]),
+            images=[image for part in parts for image in part.images],
+            z=np.concatenate([p.z for p in parts]),
+            logp=np.concatenate([p.logp for p in parts]),
+            acceptance=np.concatenate([p.acceptance for p in parts]),
+            indices=[i for part in parts for i in part.indices],
+            options=first.options,
+            config=first.config,
+            bundle_name=first.bundle_name,
+            pixels=np.concatenate([p.pixels for p in parts]),
         )
 
 
@@ -126,7 +132,9 @@ class Pipeline:
         self.runner("generator")
 
     @classmethod
-    def from_bundle(cls, bundle_or_path: Bundle | str | Path | None = None, device: str = "auto", threads: int | None = None) -> "Pipeline":
+    def from_bundle(
+        cls, bundle_or_path: Bundle | str | Path | None = None, device: str = "auto", threads: int | None = None
+    ) -> Pipeline:
         """A pipeline for a Bundle, a bundle path or shipped name, or None (the default bundle)."""
         bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path)
         return cls(bundle, SessionFactory(device=device, threads=threads))
@@ -154,8 +162,10 @@ class Pipeline:
             settings.update(self.bundle.presets[preset])
         config = SamplerConfig(**settings).updated(**overrides)
         if config.start == "conditioned" and not isinstance(self.bundle.prior, GaussianMixturePrior):
-            raise InputError(f"start 'conditioned' needs a gaussian mixture prior; bundle '{self.bundle.name}' has "
-                             f"a {self.bundle.prior.describe()}: use start 'init'")
+            raise InputError(
+                f"start 'conditioned' needs a gaussian mixture prior; bundle '{self.bundle.name}' has "
+                f"a {self.bundle.prior.describe()}: use start 'init'"
+            )
         return config
 
     def class_weights(self, spec: str) -> np.ndarray:
@@ -187,8 +197,7 @@ class Pipeline:
         """The gradient target for a class spec or a caption on the latent or composite path."""
         if path not in PATHS:
             raise InputError(f"path must be one of {', '.join(PATHS)}, not '{path}'")
-        if (classes is None) == (caption is None):
-            raise InputError("give exactly one of a class (--class) or a caption (--caption)")
+        _check_condition(classes, caption)
         if caption is not None:
             if path == "composite":
                 raise InputError("the composite path samples towards classes only; drop --caption or use --path latent")
@@ -215,6 +224,7 @@ class Pipeline:
     def resolve(self, options: GenerateOptions) -> tuple[GenerateOptions, SamplerConfig]:
         """The options and sampler settings a run of `options` uses (seed drawn, switch_at and start set),
         checked; what a run's files record, known before it runs."""
+        _check_condition(options.classes, options.caption)
         check_int("n", options.n, 1, MAX_SAMPLES)
         check_int("batch size", options.batch_size, 1, MAX_BATCH)
         check_int("start index", options.start_index, 0, 2**63 - 1)
@@ -254,8 +264,13 @@ class Pipeline:
             component_logp, _ = targets[0][1](self.bundle.prior.means.astype(np.float32))
             component_probs = self.bundle.prior.conditioned_probs(component_logp, config.condition_scale)
         return _Run(
-            options=options, config=config, sampler=SGLDSampler(config, self.bundle.prior), targets=targets,
-            init_z=init_z, noise=noise, component_probs=component_probs,
+            options=options,
+            config=config,
+            sampler=SGLDSampler(config, self.bundle.prior),
+            targets=targets,
+            init_z=init_z,
+            noise=noise,
+            component_probs=component_probs,
             batches=[range(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)],
         )
 
@@ -272,36 +287,45 @@ class Pipeline:
         target = switches[0]
         state = ChainState.at(z, target)
         if np.isfinite(z).all() and not (np.isfinite(state.logp).all() and np.isfinite(state.grad).all()):
-            raise BundleError(f"bundle '{self.bundle.name}': graph {target.runner.role} returned non-finite values"
-                              " at the chains' (finite) start codes")
+            raise BundleError(
+                f"bundle '{self.bundle.name}': graph {target.runner.role} returned non-finite values"
+                " at the chains' (finite) start codes"
+            )
         _check_finite(state, 0, config)
         total = config.steps * len(run.batches)
         mala = config.method == "mala"
+        # Each chain's next NOISE_CHUNK steps of noise, drawn into one buffer per batch: one draw of [count, D]
+        # per chain gives the numbers of count draws of [D], so a sample does not depend on the batch size.
+        normal = np.empty((len(rows), NOISE_CHUNK, dim), dtype=np.float32)  # [b, chunk, D]
+        uniform = np.empty((len(rows), NOISE_CHUNK)) if mala else None  # [b, chunk]: mala's accept draws
         for step in range(config.steps):
             if step in switches and step > 0:
                 target = switches[step]
                 state = replace(ChainState.at(state.z, target), accepted=state.accepted)
-            if step % NOISE_CHUNK == 0:  # one draw of [count, D] per chain gives the numbers of count draws of [D]
+            chunk_step = step % NOISE_CHUNK
+            if chunk_step == 0:
                 count = min(NOISE_CHUNK, config.steps - step)
-                draws = [(rng.standard_normal((count, dim), dtype=np.float32), rng.random(count) if mala else None)
-                         for rng in rngs]
-                normal_chunk = np.stack([d[0] for d in draws], axis=1)
-                uniform_chunk = np.stack([d[1] for d in draws], axis=1) if mala else None
-            if run.noise is not None:
-                step_noise = run.noise[step, rows.start : rows.stop]
-            else:
-                step_noise = normal_chunk[step % NOISE_CHUNK]
-            uniform = uniform_chunk[step % NOISE_CHUNK] if mala else None
-            state = run.sampler.step(state, target, step_noise, uniform, step)
+                for row, rng in enumerate(rngs):
+                    rng.standard_normal(out=normal[row, :count], dtype=np.float32)
+                    if mala:
+                        rng.random(out=uniform[row, :count])
+            step_noise = normal[:, chunk_step] if run.noise is None else run.noise[step, rows.start : rows.stop]
+            state = run.sampler.step(state, target, step_noise, uniform[:, chunk_step] if mala else None, step)
             _check_finite(state, step + 1, config)
             if options.callback is not None:
                 options.callback(number * config.steps + step + 1, total, state.z)
         pixels = self.decode(state.z)
         acceptance = state.accepted / config.steps if config.steps else np.ones(len(rows))
         return GenerationResult(
-            images=[Image.fromarray(image) for image in pixels], z=state.z, logp=state.logp.astype(np.float32),
-            acceptance=acceptance.astype(np.float32), indices=[options.start_index + row for row in rows],
-            options=options, config=config, bundle_name=self.bundle.name, pixels=pixels,
+            images=[Image.fromarray(image) for image in pixels],
+            z=state.z,
+            logp=state.logp.astype(np.float32),
+            acceptance=acceptance.astype(np.float32),
+            indices=[options.start_index + row for row in rows],
+            options=options,
+            config=config,
+            bundle_name=self.bundle.name,
+            pixels=pixels,
         )
 
     @staticmethod
@@ -310,10 +334,17 @@ class Pipeline:
             return None
         array = np.asarray(array)
         if array.shape != shape or not np.issubdtype(array.dtype, np.floating):
-            raise InputError(f"{name} must be a float array of shape {list(shape)}, not {array.dtype} {list(array.shape)}")
+            raise InputError(
+                f"{name} must be a float array of shape {list(shape)}, not {array.dtype} {list(array.shape)}"
+            )
         if not np.all(np.isfinite(array)):
             raise InputError(f"{name} has non-finite values")
         return array.astype(np.float32)
+
+
+def _check_condition(classes: str | None, caption: str | None) -> None:
+    if (classes is None) == (caption is None):
+        raise InputError("give exactly one of a class (--class) or a caption (--caption)")
 
 
 def _check_finite(state: ChainState, step: int, config: SamplerConfig) -> None:
@@ -323,4 +354,5 @@ def _check_finite(state: ChainState, step: int, config: SamplerConfig) -> None:
             where = "at the start" if step == 0 else f"at step {step} of {config.steps}"
             raise SamplingError(
                 f"the chains diverged {where} (non-finite {name}); lower --eps1 (now {config.eps1:g}) or "
-                f"--condition-scale (now {config.condition_scale:g}), or use --sampler mala")
+                f"--condition-scale (now {config.condition_scale:g}), or use --sampler mala"
+            )

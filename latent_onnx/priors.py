@@ -25,8 +25,12 @@ class GaussianPrior:
         return (self.mean + self.std * rng.standard_normal(self.dim)).astype(np.float32)
 
     def grad_log_prob(self, z: np.ndarray) -> np.ndarray:
-        """d log p / dz for z float32 [B, D] -> float32 [B, D]."""
-        return ((self.mean - z) / (self.std * self.std)).astype(np.float32)
+        """d log p / dz for z float32 [B, D] -> float32 [B, D]: (mean - z) / std^2 (no division for std 1:
+        the same numbers)."""
+        grad = np.subtract(np.float32(self.mean), z, dtype=np.float32)
+        if self.std != 1:
+            grad /= self.std * self.std
+        return grad
 
     def log_prob(self, z: np.ndarray) -> np.ndarray:
         """log p(z) float64 [B] for z float32 [B, D]."""
@@ -59,7 +63,9 @@ class GaussianMixturePrior:
         object.__setattr__(self, "_precision", precision.astype(np.float32))
         object.__setattr__(self, "_precision_means", precision_means)
         object.__setattr__(self, "_precision_means32", precision_means.astype(np.float32))
-        object.__setattr__(self, "_mean_quad", np.einsum("mi,mi->m", self.means, precision_means))  # mu_m' Sigma_m^-1 mu_m
+        object.__setattr__(
+            self, "_mean_quad", np.einsum("mi,mi->m", self.means, precision_means)
+        )  # mu_m' Sigma_m^-1 mu_m
 
     @property
     def dim(self) -> int:
@@ -87,8 +93,11 @@ class GaussianMixturePrior:
 
     def _grad_log_prob(self, z: np.ndarray) -> np.ndarray:
         pulled_z = np.matmul(z, self._precision)  # (Sigma_m^-1 z_b)' for every m, [M, B, D]
-        quad = (np.einsum("bd,mbd->mb", z, pulled_z, dtype=np.float64)
-                - 2.0 * (self._precision_means @ z.T.astype(np.float64)) + self._mean_quad[:, None])  # [M, B]
+        quad = (
+            np.einsum("bd,mbd->mb", z, pulled_z, dtype=np.float64)
+            - 2.0 * (self._precision_means @ z.T.astype(np.float64))
+            + self._mean_quad[:, None]
+        )  # [M, B]
         log_resp = self._log_norm[:, None] - 0.5 * quad
         log_resp -= log_resp.max(axis=0, keepdims=True)
         resp = np.exp(log_resp)
@@ -99,8 +108,11 @@ class GaussianMixturePrior:
     def log_prob(self, z: np.ndarray) -> np.ndarray:
         """log p(z) float64 [B] for z float32 [B, D] (log-sum-exp over the components, in float64)."""
         z = np.asarray(z, dtype=np.float64)
-        quad = (np.einsum("bd,mde,be->mb", z, self._precision64, z)
-                - 2.0 * (self._precision_means @ z.T) + self._mean_quad[:, None])  # [M, B]
+        quad = (
+            np.einsum("bd,mde,be->mb", z, self._precision64, z)
+            - 2.0 * (self._precision_means @ z.T)
+            + self._mean_quad[:, None]
+        )  # [M, B]
         log_terms = self._log_norm[:, None] - 0.5 * quad - 0.5 * self.dim * math.log(2 * math.pi)
         top = log_terms.max(axis=0)
         return top + np.log(np.exp(log_terms - top).sum(axis=0))

@@ -17,8 +17,8 @@ its gradient from one step to the next.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Callable
 
 import numpy as np
 
@@ -45,21 +45,33 @@ class SamplerConfig:
     the server's request fields and the reproduce command are all made from these fields.
     """
 
-    method: str = _setting("sgld", "Stepper: sgld (the paper's update) or mala (Metropolis-adjusted).", "--sampler", METHODS)
+    method: str = _setting(
+        "sgld", "Stepper: sgld (the paper's update) or mala (Metropolis-adjusted).", "--sampler", METHODS
+    )
     steps: int = _setting(200, "Langevin steps (0 decodes the start).", "--steps")
     eps1: float = _setting(0.01, "Step size on the gradient term (> 0).", "--eps1")
     eps2: float = _setting(1e-4, "Variance of the injected noise per step (>= 0; std sqrt(eps2)).", "--eps2")
     prior_weight: float = _setting(1.0, "Weight lambda of grad log p(z) (>= 0).", "--prior-weight")
     condition_scale: float = _setting(1.0, "Weight s of the class / caption log-likelihood (> 0).", "--condition-scale")
-    anneal: float = _setting(0.0, "Fraction of the run over which the condition scale ramps up from 0 (0: none).", "--anneal")
-    eps1_final: float | None = _setting(None, "eps1 decays linearly to this over the run (default: constant).", "--eps1-final")
-    normalize_grad: bool = _setting(False, "PPGN: divide each chain's condition gradient by its mean |value|.", "--normalize-grad")
+    anneal: float = _setting(
+        0.0, "Fraction of the run over which the condition scale ramps up from 0 (0: none).", "--anneal"
+    )
+    eps1_final: float | None = _setting(
+        None, "eps1 decays linearly to this over the run (default: constant).", "--eps1-final"
+    )
+    normalize_grad: bool = _setting(
+        False, "PPGN: divide each chain's condition gradient by its mean |value|.", "--normalize-grad"
+    )
     clip: tuple[float, float] | None = _setting(None, "z clipped to (lo, hi) after every step.")
     # "init": z_0 from latent.init (else the prior); "conditioned": z_0 from the mixture prior with each
     # component m drawn with probability prop. to weight_m * p(condition | mean_m) ** condition_scale
-    start: str = _setting("init", "Chain start: the bundle's init, mixture components weighted by the condition, or"
-                          " image (--init-image's code; set by --init-image).",
-                          "--start", STARTS)
+    start: str = _setting(
+        "init",
+        "Chain start: the bundle's init, mixture components weighted by the condition, or"
+        " image (--init-image's code; set by --init-image).",
+        "--start",
+        STARTS,
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -90,7 +102,7 @@ class SamplerConfig:
         if self.method == "mala" and self.clip is not None:
             raise InputError("the mala sampler's accept ratio does not hold with a clipped latent; use --sampler sgld")
 
-    def updated(self, **overrides) -> "SamplerConfig":
+    def updated(self, **overrides) -> SamplerConfig:
         """A copy with the given fields replaced (None values are ignored); unknown fields are an InputError."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
@@ -130,8 +142,10 @@ def check_int(name: str, value, low: int, high: int) -> int:
 def _check_number(name: str, value, strict: bool):
     ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
     if not ok or not abs(value) <= _F32_MAX or value < 0 or (strict and value == 0):
-        raise InputError(f"{name} must be a finite number {'>' if strict else '>='} 0 (at most {_F32_MAX:.3g}, float32),"
-                         f" not {value!r}")
+        raise InputError(
+            f"{name} must be a finite number {'>' if strict else '>='} 0 (at most {_F32_MAX:.3g}, float32),"
+            f" not {value!r}"
+        )
 
 
 @dataclass
@@ -145,7 +159,7 @@ class ChainState:
     accepted: np.ndarray
 
     @classmethod
-    def at(cls, z: np.ndarray, target: Target) -> "ChainState":
+    def at(cls, z: np.ndarray, target: Target) -> ChainState:
         """The state of chains at z under `target` (one run of its graph)."""
         z = np.ascontiguousarray(z, dtype=np.float32)
         logp, grad = target(z)
@@ -182,9 +196,10 @@ class SGLDSampler:
         if c.normalize_grad:
             scale = np.mean(np.abs(grad), axis=1, keepdims=True)
             grad = grad / np.maximum(scale, np.finfo(np.float32).tiny)
-        drift = self.condition_scale(step_index) * grad
+        drift = np.multiply(grad, self.condition_scale(step_index))  # a new array: updated in place from here on
         if c.prior_weight and self.prior is not None:
-            drift = drift + c.prior_weight * self.prior.grad_log_prob(state.z)
+            prior_grad = self.prior.grad_log_prob(state.z)
+            drift += prior_grad if c.prior_weight == 1 else c.prior_weight * prior_grad  # x * 1 is x: the same numbers
         return drift
 
     def log_target(self, state: ChainState, step_index: int) -> np.ndarray:
@@ -194,19 +209,25 @@ class SGLDSampler:
             value = value + self.config.prior_weight * self.prior.log_prob(state.z)
         return value
 
-    def step(self, state: ChainState, target: Target, noise: np.ndarray, uniform: np.ndarray | None,
-             step_index: int) -> ChainState:
+    def step(
+        self, state: ChainState, target: Target, noise: np.ndarray, uniform: np.ndarray | None, step_index: int
+    ) -> ChainState:
         """The next state from `state`, standard-normal `noise` float32 [B, D] and, for mala, `uniform`
         float [B] in [0, 1) (the accept draws); one run of `target`, at the proposal. A diverging chain
         gives non-finite values silently (the caller checks them)."""
         with np.errstate(over="ignore", invalid="ignore"):
             return self._step(state, target, noise, uniform, step_index)
 
-    def _step(self, state: ChainState, target: Target, noise: np.ndarray, uniform: np.ndarray | None,
-              step_index: int) -> ChainState:
+    def _step(
+        self, state: ChainState, target: Target, noise: np.ndarray, uniform: np.ndarray | None, step_index: int
+    ) -> ChainState:
         c = self.config
-        mean = state.z + self.step_size(step_index) * self.drift(state, step_index)
-        proposal = mean + math.sqrt(c.eps2) * noise
+        # in place on new arrays (the same float32 operations, in the same order, as written out above)
+        mean = self.drift(state, step_index)
+        mean *= self.step_size(step_index)
+        mean += state.z
+        proposal = np.multiply(noise, math.sqrt(c.eps2))
+        proposal += mean
         if c.clip is not None:
             np.clip(proposal, c.clip[0], c.clip[1], out=proposal)
         proposed = ChainState.at(proposal, target)
@@ -217,8 +238,9 @@ class SGLDSampler:
         reverse_mean = proposed.z + self.step_size(step_index) * self.drift(proposed, step_index)
         log_q_forward = -np.sum((proposed.z - mean).astype(np.float64) ** 2, axis=1) / (2 * c.eps2)
         log_q_reverse = -np.sum((state.z - reverse_mean).astype(np.float64) ** 2, axis=1) / (2 * c.eps2)
-        log_alpha = (self.log_target(proposed, step_index) - self.log_target(state, step_index)
-                     + log_q_reverse - log_q_forward)
+        log_alpha = (
+            self.log_target(proposed, step_index) - self.log_target(state, step_index) + log_q_reverse - log_q_forward
+        )
         accept = np.log(np.maximum(uniform, np.finfo(np.float64).tiny)) < log_alpha  # NaN compares False: rejected
         keep = ~accept
         proposed.z[keep] = state.z[keep]

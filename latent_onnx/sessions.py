@@ -2,45 +2,41 @@
 
 `SessionFactory` picks the execution provider (`auto`, `cpu`, `cuda`) and the thread settings in one
 place; `GraphRunner` checks a graph's inputs and outputs against the contract of its role
-(docs/bundle-format.md) when it opens, and every feed before it runs.
+(latent_onnx.contracts) when it opens, and every feed before it runs.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from typing import Callable
+import time
+from collections.abc import Callable
 
 import numpy as np
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ImportError as _error:  # the base install has no ONNX Runtime: the cpu or gpu extra brings it
+    raise ImportError(
+        "latent-onnx needs ONNX Runtime, from one of its extras: pip install 'latent-onnx[cpu]' (CPU),"
+        " or pip install 'latent-onnx[gpu]' (NVIDIA CUDA); not both"
+    ) from _error
 
 from .bundle import Bundle
+from .contracts import CONTRACTS
 from .errors import BundleError, DeviceError, InputError
+from .onnx_scan import op_types
 
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int64)": np.int64}
-_F, _U8, _I64 = np.float32, np.uint8, np.int64
+_DTYPES = {"float32": np.float32, "uint8": np.uint8, "int64": np.int64}
 
-# role -> (inputs, outputs); each a tuple of (name, dtype, dims); dims use the symbols of
-# docs/bundle-format.md ("B" is the dynamic batch axis) or fixed integers.
-CONTRACTS = {
-    "generator": ((("z", _F, ("B", "D")),), (("image", _U8, ("B", "H", "W", 3)),)),
-    "classifier": ((("z", _F, ("B", "D")),), (("logits", _F, ("B", "K")),)),
-    "class_grad": (
-        (("z", _F, ("B", "D")), ("weights", _F, ("B", "K"))),
-        (("logp", _F, ("B",)), ("grad", _F, ("B", "D"))),
-    ),
-    "caption_grad": (
-        (("z", _F, ("B", "D")), ("tokens", _I64, ("B", "T")), ("mask", _F, ("B", "T"))),
-        (("logp", _F, ("B",)), ("grad", _F, ("B", "D"))),
-    ),
-    "encoder": ((("image", _U8, ("B", "H", "W", 3)),), (("z", _F, ("B", "D")),)),
-    "composite_class_grad": (
-        (("z", _F, ("B", "D")), ("weights", _F, ("B", "K"))),
-        (("logp", _F, ("B",)), ("grad", _F, ("B", "D"))),
-    ),
-}
+
+def _signature(tensors) -> tuple:
+    """A contract's tensors as (name, numpy dtype, dims) (latent_onnx.contracts)."""
+    return tuple((t.name, _DTYPES[t.dtype], t.dims) for t in tensors)
 
 
 def bundle_dims(bundle: Bundle) -> dict[str, int]:
@@ -53,35 +49,77 @@ def bundle_dims(bundle: Bundle) -> dict[str, int]:
     return dims
 
 
-# On the CPU, a single chain (batch 1) of a large class_grad runs faster on a second session that
-# does not pre-pack weights: matrix-vector products stream one copy of each weight, where the packed
-# session holds a forward and a backward packing of it (twice the bytes through the caches). bench:
-# 18-25% faster steps for the ImageNet-size MLP (167 MB packed vs 84 MB); batches of 2 and more are
-# 2x slower unpacked, and a small graph (fashion-colors, 0.7 MB) gains nothing, hence the threshold.
+# On the CPU, a single chain (batch 1) of a large class_grad may run faster on a second session that
+# does not pre-pack weights: float32 matrix-vector products stream one copy of each weight, where the
+# packed session holds a forward and a backward packing of it (bench: 18-25% faster float32 steps for
+# the ImageNet-size MLP, 167 MB packed vs 84 MB; batches of 2 and more are 2x slower unpacked, and a
+# small graph such as fashion-colors' 0.7 MB gains nothing, hence the size threshold). Quantised
+# weights (int8) are another matter: unpacked ran 3.6-3.7x slower on AMD EPYCs (5.1 vs 1.4 ms). So a
+# quantised graph (any of QUANTISED_OPS) uses the unpacked session only when measured faster: at its
+# first batch-1 run the runner opens it and times both sessions on typical feeds (SINGLE_ROW_TRIALS
+# runs each, taking turns, best of each), keeps the faster and drops the other. The decision is kept
+# for the process per graph (sha256) and thread count: its cost, once, is one more session opened
+# plus 2 x SINGLE_ROW_TRIALS runs at batch 1.
 SINGLE_ROW_ROLES = ("class_grad",)
 SINGLE_ROW_MIN_BYTES = 32 * 2**20
+SINGLE_ROW_TRIALS = 3
+QUANTISED_OPS = frozenset(
+    {
+        "DynamicQuantizeLinear",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "MatMulInteger",
+        "QLinearMatMul",
+        "MatMulNBits",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+    }
+)
+# (graph sha256, threads) -> whether a quantised graph's unpacked session measured faster
+_UNPACKED_FASTER: dict[tuple, bool] = {}
+
+
+def _first_is_faster(first: ort.InferenceSession, second: ort.InferenceSession, names: list[str], feeds: dict) -> bool:
+    """Whether `first` runs `feeds` faster than `second`: SINGLE_ROW_TRIALS runs each, taking turns, best of each."""
+    best = [math.inf, math.inf]
+    for _ in range(SINGLE_ROW_TRIALS):
+        for index, session in enumerate((first, second)):
+            started = time.perf_counter()
+            session.run(names, feeds)
+            best[index] = min(best[index], time.perf_counter() - started)
+    return best[0] < best[1]
 
 
 class GraphRunner:
     """A session for one role; `run(**feeds)` checks the feeds and returns {output name: array}.
 
-    `open_single_row`, when given, opens the session that batch-1 runs use instead (see
-    SINGLE_ROW_ROLES); it is opened on the first such run. Safe to call from several threads
-    (ONNX Runtime's `run` is).
+    `open_single_row`, when given, opens the session that batch-1 runs use instead (see SINGLE_ROW_ROLES);
+    it is opened on the first such run. With `timed_key` (a quantised graph) it is first timed against
+    `session` and used only when faster, a decision cached under that key. Safe to call from several
+    threads (ONNX Runtime's `run` is).
     """
 
-    def __init__(self, role: str, session: ort.InferenceSession, dims: dict[str, int], bundle_name: str,
-                 open_single_row: Callable[[], ort.InferenceSession] | None = None):
+    def __init__(
+        self,
+        role: str,
+        session: ort.InferenceSession,
+        dims: dict[str, int],
+        bundle_name: str,
+        open_single_row: Callable[[], ort.InferenceSession] | None = None,
+        timed_key: tuple | None = None,
+    ):
         self.role = role
         self.session = session
         self.dims = dims
         self.bundle_name = bundle_name
-        self.inputs, self.outputs = CONTRACTS[role]
+        contract = CONTRACTS[role]
+        self.inputs, self.outputs = _signature(contract.inputs), _signature(contract.outputs)
         self._check_signature("input", session.get_inputs(), self.inputs)
         self._check_signature("output", session.get_outputs(), self.outputs)
         self.output_names = [name for name, _, _ in self.outputs]
         self._open_single_row = open_single_row
-        self._single_row: ort.InferenceSession | None = None
+        self._timed_key = timed_key
+        self._single_row: ort.InferenceSession | None = None  # the session batch-1 runs use, once chosen
         self._lock = threading.Lock()
 
     def session_for(self, batch: int) -> ort.InferenceSession:
@@ -90,7 +128,13 @@ class GraphRunner:
             return self.session
         with self._lock:
             if self._single_row is None:
-                self._single_row = self._open_single_row()
+                faster = True if self._timed_key is None else _UNPACKED_FASTER.get(self._timed_key)
+                unpacked = self._open_single_row() if faster is not False else None
+                if faster is None:
+                    faster = _UNPACKED_FASTER[self._timed_key] = _first_is_faster(
+                        unpacked, self.session, self.output_names, self.typical_feeds(1)
+                    )
+                self._single_row = unpacked if faster else self.session
             return self._single_row
 
     @property
@@ -110,13 +154,19 @@ class GraphRunner:
         for name, dtype, symbols in expected:
             node = by_name[name]
             if _ORT_TYPES.get(node.type) is not dtype:
-                raise BundleError(f"{where}: {kind} '{name}' is {node.type}, the format requires {np.dtype(dtype).name}")
+                raise BundleError(
+                    f"{where}: {kind} '{name}' is {node.type}, the format requires {np.dtype(dtype).name}"
+                )
             shape = list(node.shape)
             wanted = self._expected(symbols)
             if len(shape) != len(wanted):
-                raise BundleError(f"{where}: {kind} '{name}' has rank {len(shape)}, the format requires shape {symbols}")
+                raise BundleError(
+                    f"{where}: {kind} '{name}' has rank {len(shape)}, the format requires shape {symbols}"
+                )
             if isinstance(shape[0], int):
-                raise BundleError(f"{where}: {kind} '{name}' has a fixed batch size {shape[0]}; export it with a dynamic batch axis")
+                raise BundleError(
+                    f"{where}: {kind} '{name}' has a fixed batch size {shape[0]}; export it with a dynamic batch axis"
+                )
             for axis, (have, want) in enumerate(zip(shape[1:], wanted[1:]), start=1):
                 if isinstance(have, int) and isinstance(want, int) and have != want:
                     raise BundleError(
@@ -132,10 +182,14 @@ class GraphRunner:
             array = feeds[name]
             wanted = self._expected(symbols)
             if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != len(wanted):
-                raise InputError(f"graph {self.role}: input '{name}' must be a {np.dtype(dtype).name} array of shape {list(symbols)}")
+                raise InputError(
+                    f"graph {self.role}: input '{name}' must be a {np.dtype(dtype).name} array of shape {list(symbols)}"
+                )
             batch = array.shape[0] if batch is None else batch
             if array.shape[0] != batch or any(have != want for have, want in zip(array.shape[1:], wanted[1:])):
-                raise InputError(f"graph {self.role}: input '{name}' has shape {list(array.shape)}, expected {[batch, *wanted[1:]]}")
+                raise InputError(
+                    f"graph {self.role}: input '{name}' has shape {list(array.shape)}, expected {[batch, *wanted[1:]]}"
+                )
         where = f"bundle '{self.bundle_name}': graph {self.role}"
         try:
             results = self.session_for(batch).run(self.output_names, feeds)
@@ -145,26 +199,34 @@ class GraphRunner:
         for name, dtype, symbols in self.outputs:
             array, wanted = outputs[name], [batch, *self._expected(symbols)[1:]]
             if array.dtype != dtype or list(array.shape) != wanted:
-                raise BundleError(f"{where} returned '{name}' as {array.dtype} {list(array.shape)}; the format requires"
-                                  f" {np.dtype(dtype).name} {wanted}")
+                raise BundleError(
+                    f"{where} returned '{name}' as {array.dtype} {list(array.shape)}; the format requires"
+                    f" {np.dtype(dtype).name} {wanted}"
+                )
         return outputs
+
+    def typical_feeds(self, batch: int) -> dict[str, np.ndarray]:
+        """Inputs of `batch` rows: zero codes, the first class, the first token (<eos>), mid-grey images."""
+        feeds = {}
+        for name, dtype, symbols in self.inputs:
+            array = np.zeros([batch, *self._expected(symbols)[1:]], dtype=dtype)
+            if name in ("weights", "mask"):
+                array[:, 0] = 1
+            elif name == "image":
+                array[:] = 128
+            feeds[name] = array
+        return feeds
 
     def probe(self) -> None:
         """Run the graph on typical inputs, a batch of 1 and of 2; BundleError unless it runs, its outputs have
         the contract's shapes and its float outputs are finite (what `latent-onnx info` calls verified)."""
         for batch in (1, 2):
-            feeds = {}
-            for name, dtype, symbols in self.inputs:
-                array = np.zeros([batch, *self._expected(symbols)[1:]], dtype=dtype)
-                if name in ("weights", "mask"):  # the first class; the first token (<eos>)
-                    array[:, 0] = 1
-                elif name == "image":
-                    array[:] = 128
-                feeds[name] = array
-            for name, array in self.run(**feeds).items():
+            for name, array in self.run(**self.typical_feeds(batch)).items():
                 if array.dtype.kind == "f" and not np.isfinite(array).all():
-                    raise BundleError(f"bundle '{self.bundle_name}': graph {self.role} returned non-finite '{name}'"
-                                      " for a finite probe input")
+                    raise BundleError(
+                        f"bundle '{self.bundle_name}': graph {self.role} returned non-finite '{name}'"
+                        " for a finite probe input"
+                    )
 
 
 def session_options(threads: int | None, allow_spinning: bool = False, prepack: bool = True) -> ort.SessionOptions:
@@ -192,13 +254,16 @@ class SessionFactory:
     def __init__(self, device: str = "auto", threads: int | None = None):
         if device not in DEVICES:
             raise InputError(f"device must be one of {', '.join(DEVICES)}, not '{device}'")
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024):
+        if threads is not None and (
+            not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024
+        ):
             raise InputError(f"threads must be an integer from 1 to 1024, not {threads!r}")
         available = ort.get_available_providers()
         if device == "cuda" and _CUDA not in available:
             raise DeviceError(
-                f"CUDA was asked for but this onnxruntime has no CUDA provider (available: {', '.join(available)});"
-                " install the gpu extra (onnxruntime-gpu) or use --device cpu"
+                f"CUDA was asked for but this ONNX Runtime ({', '.join(_ort_builds()) or 'unknown build'}) has no CUDA"
+                f" provider (available: {', '.join(available)}); switch to the CUDA build with `{GPU_INSTALL}`,"
+                " or use --device cpu"
             )
         self.device = device
         self.threads = threads
@@ -213,24 +278,80 @@ class SessionFactory:
             if self._providers[0] == _CUDA and session.get_providers()[0] != _CUDA:
                 if self.device == "cuda":
                     raise DeviceError(
-                        f"CUDA was asked for but its provider failed to start (session providers:"
-                        f" {', '.join(session.get_providers())}); check the CUDA/cuDNN install or use --device cpu"
+                        f"CUDA was asked for but its provider failed to start ({_cuda_problem()}); install what is"
+                        " missing (onnxruntime-gpu's CUDA and cuDNN libraries, an NVIDIA driver) or use --device cpu"
                     )
                 self._providers = [_CPU]
-        open_single_row = None
+        open_single_row = timed_key = None
         if role in SINGLE_ROW_ROLES and len(model) >= SINGLE_ROW_MIN_BYTES and session.get_providers()[0] == _CPU:
-            options = session_options(self.threads, prepack=False)  # the bytes are read (and verified) again when opened
+            options = session_options(
+                self.threads, prepack=False
+            )  # the bytes are read (and verified) again when opened
             open_single_row = lambda: self._open(bundle, role, bundle.graph_bytes(role), [_CPU], options)  # noqa: E731
-        return GraphRunner(role, session, bundle_dims(bundle), bundle.name, open_single_row)
+            if op_types(model) & QUANTISED_OPS:
+                timed_key = (bundle.graphs[role].sha256, self.threads)
+        return GraphRunner(role, session, bundle_dims(bundle), bundle.name, open_single_row, timed_key)
 
     @staticmethod
-    def _open(bundle: Bundle, role: str, model: bytes, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:
+    def _open(
+        bundle: Bundle, role: str, model: bytes, providers: list[str], options: ort.SessionOptions
+    ) -> ort.InferenceSession:
         try:
             return ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as error:  # onnxruntime raises its own untyped errors
-            raise BundleError(f"bundle '{bundle.name}': ONNX Runtime cannot load graph {role}: {_first_line(error)}") from None
+            raise BundleError(
+                f"bundle '{bundle.name}': ONNX Runtime cannot load graph {role}: {_first_line(error)}"
+            ) from None
+
+
+GPU_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'latent-onnx[gpu]'"  # README's CUDA install
+
+
+def _ort_builds() -> list[str]:
+    """The ONNX Runtime distributions installed (normally one: onnxruntime or onnxruntime-gpu)."""
+    from importlib import metadata
+
+    return [name for name in ("onnxruntime", "onnxruntime-gpu") if _installed(metadata, name)]
+
+
+def _installed(metadata, name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _cuda_problem() -> str:
+    """Why the CUDA provider did not start, as far as the dynamic loader tells (e.g. the missing libcudnn.so.9)."""
+    import ctypes
+    import sys
+    from pathlib import Path
+
+    builds = _ort_builds()
+    if len(builds) > 1:
+        return f"both {' and '.join(builds)} are installed and share one module; reinstall one: `{GPU_INSTALL}`"
+    name = "onnxruntime_providers_cuda.dll" if sys.platform == "win32" else "libonnxruntime_providers_cuda.so"
+    library = Path(ort.__file__).parent / "capi" / name
+    if not library.is_file():
+        return f"{name} is missing from {library.parent}"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as error:  # e.g. "libcudnn.so.9: cannot open shared object file: No such file or directory"
+        return f"{name} does not load: {_first_line(error)}"
+    return f"{name} loads, so no usable GPU or driver was found"
 
 
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def probe_bundle(bundle: Bundle, threads: int | None = None) -> dict[str, GraphRunner]:
+    """Open every graph of `bundle` on the CPU (checking it against its contract) and run its probe:
+    what `latent-onnx info` and the bundle writer call a verified bundle."""
+    factory = SessionFactory("cpu", threads)
+    runners = {role: factory.create(bundle, role) for role in bundle.graphs}
+    for runner in runners.values():
+        runner.probe()
+    return runners

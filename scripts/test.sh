@@ -1,16 +1,7 @@
 #!/usr/bin/env bash
-# Set up a fresh machine for development and run the test suite.
-# Installs: Debian's Fashion-MNIST (for the default bundle's recipe), the CPU build of torch,
-# Debian's chromium and chromium-driver (the serve page's browser tests),
-# and this project with its export, test, bench, serve and ray extras (editable).
+# Set up a fresh machine for development (scripts/setup.sh) and run the test suite; arguments go to pytest
+# (tiers: CONTRIBUTING.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-if ! dpkg -s dataset-fashion-mnist chromium chromium-driver >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    # chromium + chromium-driver: the headless browser the tests of `latent-onnx serve`'s page drive
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist chromium chromium-driver
-fi
-python3 -m pip install -q torch==2.13.0          # CPU build; an unpinned torch pulls a multi-GB CUDA build
-python3 -m pip install -q -e '.[export,test,bench,serve,ray]'
+bash scripts/setup.sh
 python3 -m pytest -q "$@"

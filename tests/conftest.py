@@ -1,6 +1,6 @@
 """Test tiers.
 
-- runtime tier: tests/runtime (and serve, dataset): needs only `pip install '.[test]'` (numpy, onnxruntime,
+- runtime tier: tests/runtime (and serve, dataset): needs only `pip install '.[cpu,test]'` (numpy, onnxruntime,
   onnx to build tiny bundles), never torch;
 - export tier: tests/export, recipes, imagenet, bench: needs torch (scripts/test.sh installs the CPU build);
   without torch these folders are not collected, and the header says so;
@@ -17,5 +17,7 @@ collect_ignore = [] if HAS_TORCH else TORCH_TIERS
 
 def pytest_report_header(config):
     if not HAS_TORCH:
-        return f"torch is not installed: the export tier ({', '.join('tests/' + t for t in TORCH_TIERS)}) is not collected"
+        return (
+            f"torch is not installed: the export tier ({', '.join('tests/' + t for t in TORCH_TIERS)}) is not collected"
+        )
     return None

@@ -126,7 +126,9 @@ def parse_caffemodel(data: bytes, source: str) -> dict[str, list[np.ndarray]]:
             if blobs:
                 layers[name] = blobs
     except _Truncated:
-        raise ExportError(f"{source}: the file ends in the middle of a record (truncated download?): download it again") from None
+        raise ExportError(
+            f"{source}: the file ends in the middle of a record (truncated download?): download it again"
+        ) from None
     except ValueError as error:
         raise ExportError(f"{source}: not a readable .caffemodel ({error})") from None
     if not layers:

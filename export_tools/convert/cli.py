@@ -39,10 +39,20 @@ def main() -> None:
 
 @main.command()
 @click.argument("files", nargs=-1)
-@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
-              help="folder the files are downloaded into")
-@click.option("--sha256", "pins", multiple=True, metavar="FILE=HEX",
-              help="the sha256 you trust for FILE (needed where no digest is published); repeatable")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_CACHE,
+    show_default=True,
+    help="folder the files are downloaded into",
+)
+@click.option(
+    "--sha256",
+    "pins",
+    multiple=True,
+    metavar="FILE=HEX",
+    help="the sha256 you trust for FILE (needed where no digest is published); repeatable",
+)
 @click.option("--list", "list_only", is_flag=True, help="list the files that can be downloaded, with their licences")
 def download(files: tuple[str, ...], cache: Path, pins: tuple[str, ...], list_only: bool) -> None:
     """Download published weights into the cache.
@@ -68,32 +78,78 @@ def download(files: tuple[str, ...], cache: Path, pins: tuple[str, ...], list_on
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
-              help="where files not given below are looked for (as `download` names them)")
-@click.option("--generator", type=click.Path(dir_okay=False, path_type=Path),
-              help="DeePSiM fc6 weights: generator.caffemodel or upconvGAN_fc6.pt")
-@click.option("--classifier", type=click.Path(dir_okay=False, path_type=Path),
-              help="CaffeNet weights: bvlc_reference_caffenet.caffemodel or caffenet.pt")
-@click.option("--captioner", type=click.Path(dir_okay=False, path_type=Path),
-              help="LRCN weights: lrcn_caffenet_iter_110000.caffemodel (captions; needs --vocabulary)")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_CACHE,
+    show_default=True,
+    help="where files not given below are looked for (as `download` names them)",
+)
+@click.option(
+    "--generator",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="DeePSiM fc6 weights: generator.caffemodel or upconvGAN_fc6.pt",
+)
+@click.option(
+    "--classifier",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CaffeNet weights: bvlc_reference_caffenet.caffemodel or caffenet.pt",
+)
+@click.option(
+    "--captioner",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="LRCN weights: lrcn_caffenet_iter_110000.caffemodel (captions; needs --vocabulary)",
+)
 @click.option("--vocabulary", type=click.Path(dir_okay=False, path_type=Path), help="LRCN's vocabulary.txt")
-@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
-              help="class names, one line per class [default: the shipped ILSVRC-2012 synset words]")
-@click.option("--crop/--no-crop", default=False, help="images centre-cropped to 227x227 as CaffeNet sees them [default: 256x256]")
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="class names, one line per class [default: the shipped ILSVRC-2012 synset words]",
+)
+@click.option(
+    "--crop/--no-crop", default=False, help="images centre-cropped to 227x227 as CaffeNet sees them [default: 256x256]"
+)
 @click.option("--clip/--no-clip", default=True, help="clip z to [0, 30] after every step, as PPGN does [default: clip]")
-@click.option("--composite", is_flag=True, help="also export the slow composite path (generator + CaffeNet) for comparison")
+@click.option(
+    "--composite", is_flag=True, help="also export the slow composite path (generator + CaffeNet) for comparison"
+)
 @click.option("--no-encoder", is_flag=True, help="leave out the encoder graph (no --init-image)")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=ImageNetOptions.class_grad_precision, show_default=True,
-              help="class_grad weights: int8 (3-6x faster latent steps on CPUs, checked against float32 on the way),"
-                   " float32, or auto (int8 when it passes that check, else float32)")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default=ImageNetOptions.class_grad_precision,
+    show_default=True,
+    help="class_grad weights: int8 (3-6x faster latent steps on CPUs, checked against float32 on the way),"
+    " float32, or auto (int8 when it passes that check, else float32)",
+)
 @click.option("--name", default=ImageNetOptions.name, show_default=True, help="bundle name")
-@click.option("--max-tokens", type=click.IntRange(2, 64), default=ImageNetOptions.max_tokens, show_default=True,
-              help="longest caption, in words + <eos>")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(2, 64),
+    default=ImageNetOptions.max_tokens,
+    show_default=True,
+    help="longest caption, in words + <eos>",
+)
 @click.option("--overwrite", is_flag=True, help="replace an existing bundle (only once the new one is complete)")
 @click.option("--width", type=int, default=1, hidden=True, help="network width divisor, for tests")
-def convert(out: Path, cache: Path, generator: Path | None, classifier: Path | None, captioner: Path | None,
-            vocabulary: Path | None, labels: Path | None, crop: bool, clip: bool, composite: bool, no_encoder: bool,
-            precision: str, name: str, max_tokens: int, overwrite: bool, width: int) -> None:
+def convert(
+    out: Path,
+    cache: Path,
+    generator: Path | None,
+    classifier: Path | None,
+    captioner: Path | None,
+    vocabulary: Path | None,
+    labels: Path | None,
+    crop: bool,
+    clip: bool,
+    composite: bool,
+    no_encoder: bool,
+    precision: str,
+    name: str,
+    max_tokens: int,
+    overwrite: bool,
+    width: int,
+) -> None:
     """Convert the weights into a bundle at OUT.
 
     Every graph is validated against PyTorch; nothing is left at OUT if anything fails.
@@ -108,8 +164,15 @@ def convert(out: Path, cache: Path, generator: Path | None, classifier: Path | N
         if captioner is None or vocabulary is None:
             captioner = vocabulary = None  # captions only when both are there
     sources = ImageNetSources(generator, classifier, captioner, vocabulary, labels)
-    options = ImageNetOptions(name=name, crop=crop, clip=ImageNetOptions.clip if clip else None,
-                              encoder=not no_encoder, composite=composite, max_tokens=max_tokens, width=width,
-                              class_grad_precision=precision)
+    options = ImageNetOptions(
+        name=name,
+        crop=crop,
+        clip=ImageNetOptions.clip if clip else None,
+        encoder=not no_encoder,
+        composite=composite,
+        max_tokens=max_tokens,
+        width=width,
+        class_grad_precision=precision,
+    )
     write_imagenet_bundle(out, sources, options, overwrite=overwrite, progress=lambda line: _console.print(line))
     _console.print(f"try: latent-onnx generate --bundle {out} --class goldfinch")

@@ -97,7 +97,9 @@ def _open(url: str, start: int):
         raise ExportError(f"download of {url} failed: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise ExportError(f"cannot reach {url} ({reason}): check the network, or download it by hand into the cache folder") from None
+        raise ExportError(
+            f"cannot reach {url} ({reason}): check the network, or download it by hand into the cache folder"
+        ) from None
 
 
 def _fetch(url: str, part: Path, label: str, show_progress: bool) -> None:
@@ -113,9 +115,16 @@ def _fetch(url: str, part: Path, label: str, show_progress: bool) -> None:
         length = response.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
         received = start
-        with part.open("ab" if resumed else "wb") as out, Progress(
-            TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), disable=not show_progress,
-        ) as progress:
+        with (
+            part.open("ab" if resumed else "wb") as out,
+            Progress(
+                TextColumn(label),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                disable=not show_progress,
+            ) as progress,
+        ):
             task = progress.add_task(label, total=total, completed=start)
             try:
                 while chunk := response.read(CHUNK):
@@ -123,7 +132,9 @@ def _fetch(url: str, part: Path, label: str, show_progress: bool) -> None:
                     received += len(chunk)
                     progress.update(task, completed=received)
             except (OSError, http.client.HTTPException) as error:
-                raise ExportError(f"download of {url} stopped at {received} bytes ({error}): run the command again to resume") from None
+                raise ExportError(
+                    f"download of {url} stopped at {received} bytes ({error}): run the command again to resume"
+                ) from None
     if total is not None and received < total:
         raise ExportError(f"download of {url} stopped at {received} of {total} bytes: run the command again to resume")
 
@@ -146,7 +157,9 @@ def download(url: str, name: str, cache_dir: str | Path, digests: dict[str, str]
     problem = _mismatch(part, digests)
     if problem:
         part.unlink()
-        raise ExportError(f"downloaded {name} has {problem}: the file is corrupt or changed upstream; it was deleted, run again")
+        raise ExportError(
+            f"downloaded {name} has {problem}: the file is corrupt or changed upstream; it was deleted, run again"
+        )
     os.replace(part, final)
     return final
 

@@ -16,9 +16,9 @@ Sampler settings written into the bundle:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from export_tools import ExportError
 from export_tools.bundle_writer import BundleReport, BundleSpec, write_bundle
@@ -32,11 +32,21 @@ from export_tools.priors import GaussianPrior
 
 PPGN_CLIP = (0.0, 30.0)  # PPGN clips the fc6 code to this range after every step
 PPGN_SAMPLER = {
-    "steps": 200, "eps1": 1.0, "eps1_final": None, "eps2": 0.0, "prior_weight": 0.0,
-    "condition_scale": 1.0, "normalize_grad": True,
+    "steps": 200,
+    "eps1": 1.0,
+    "eps1_final": None,
+    "eps2": 0.0,
+    "prior_weight": 0.0,
+    "condition_scale": 1.0,
+    "normalize_grad": True,
 }
 PAPER_PRESET = {
-    "eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0, "eps1_final": None, "normalize_grad": False, "clip": None,
+    "eps1": 1e-3,
+    "eps2": 1e-8,
+    "prior_weight": 0.0,
+    "eps1_final": None,
+    "normalize_grad": False,
+    "clip": None,
 }
 LICENSE = (
     "converted on the user's machine from published weights; not redistributable: DeePSiM generator research "
@@ -65,7 +75,9 @@ class ImageNetOptions:
     encoder: bool = True  # export the encoder graph (CaffeNet to fc6), for --init-image
     composite: bool = False  # export composite_class_grad (generator + full CaffeNet; slow, large)
     max_tokens: int = 20  # T: caption words + final <eos> (LRCN's deploy net unrolls 20 steps)
-    class_grad_precision: str = "auto"  # BundleSpec's: int8 class_grad weights (3-6x faster latent steps on CPUs) when they pass their check
+    class_grad_precision: str = (
+        "auto"  # BundleSpec's: int8 class_grad weights (3-6x faster latent steps on CPUs) when they pass their check
+    )
     width: int = 1  # network width divisor: 1 for the published weights, >1 only for tests
 
 
@@ -110,7 +122,7 @@ def imagenet_spec(sources: ImageNetSources, options: ImageNetOptions) -> BundleS
     return BundleSpec(
         name=options.name,
         description=f"ImageNet: DeePSiM fc6 generator, CaffeNet classifier{', LRCN captioner' if vocabulary else ''} "
-                    f"(converted from published weights), {side}x{side}",
+        f"(converted from published weights), {side}x{side}",
         license=LICENSE,
         latent_dim=nets.generator.code_dim,
         image_hw=(side, side),
@@ -132,9 +144,13 @@ def imagenet_spec(sources: ImageNetSources, options: ImageNetOptions) -> BundleS
             "recipe": "export_tools.convert.imagenet_bundle",
             "sources": {
                 role: {"file": Path(path).name, "sha256": file_digests(Path(path), ["sha256"])["sha256"]}
-                for role, path in (("generator", sources.generator), ("classifier", sources.classifier),
-                                   ("captioner", sources.captioner), ("vocabulary", sources.vocabulary),
-                                   ("labels", sources.labels))
+                for role, path in (
+                    ("generator", sources.generator),
+                    ("classifier", sources.classifier),
+                    ("captioner", sources.captioner),
+                    ("vocabulary", sources.vocabulary),
+                    ("labels", sources.labels),
+                )
                 if path is not None
             },
             "width": options.width,
@@ -142,8 +158,14 @@ def imagenet_spec(sources: ImageNetSources, options: ImageNetOptions) -> BundleS
     )
 
 
-def write_imagenet_bundle(out_dir: str | Path, sources: ImageNetSources, options: ImageNetOptions = ImageNetOptions(),
-                          *, overwrite: bool = False, progress: Callable[[str], None] | None = None) -> BundleReport:
+def write_imagenet_bundle(
+    out_dir: str | Path,
+    sources: ImageNetSources,
+    options: ImageNetOptions = ImageNetOptions(),
+    *,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> BundleReport:
     """Convert, export, validate and write the ImageNet bundle to `out_dir` (nothing is left behind on failure)."""
     say = progress or (lambda line: None)
     if Path(out_dir).exists() and not overwrite:

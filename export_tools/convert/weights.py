@@ -27,7 +27,7 @@ def _caffe_key(key: str) -> tuple[str, str]:
     """State-dict key -> (Caffe layer name, "weight" | "bias" | other parameter name)."""
     for prefix in _PREFIXES:
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     key = key.replace(".1.", ".")
     layer, _, kind = key.rpartition(".")
     return layer, kind
@@ -38,7 +38,9 @@ def read_state_dict(path: Path) -> dict[str, list[np.ndarray]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise ExportError(f"{path}: not a readable PyTorch state dict ({type(error).__name__}): download it again") from None
+        raise ExportError(
+            f"{path}: not a readable PyTorch state dict ({type(error).__name__}): download it again"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -54,7 +56,9 @@ def read_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
     """Blobs per Caffe layer name from a `.caffemodel` or a PyTorch state dict, told apart by content."""
     path = Path(path)
     if not path.is_file():
-        raise ExportError(f"weights file {path} does not exist: download it first (`latent-onnx-export imagenet download`)")
+        raise ExportError(
+            f"weights file {path} does not exist: download it first (`latent-onnx-export imagenet download`)"
+        )
     with path.open("rb") as handle:
         start = handle.read(4)
     if start.startswith(_STATE_DICT_MAGIC):
@@ -83,7 +87,9 @@ def load_caffe_weights(net: nn.Module, blobs: dict[str, list[np.ndarray]], sourc
     for name, params in needed.items():
         found_blobs = blobs[name]
         if len(found_blobs) != len(params):
-            raise ExportError(f"{source}: layer {name} has {len(found_blobs)} blobs, the {type(net).__name__} expects {len(params)}")
+            raise ExportError(
+                f"{source}: layer {name} has {len(found_blobs)} blobs, the {type(net).__name__} expects {len(params)}"
+            )
         for index, (blob, param) in enumerate(zip(found_blobs, params)):
             if _matching_shape(blob.shape, param.ndim) != tuple(param.shape):
                 raise ExportError(

@@ -55,8 +55,12 @@ class CaffeNetEncoder(nn.Module):
         super().__init__()
         check_width(width, "CaffeNet")
         for name, fan_in, fan_out, kernel, stride, pad, groups in _CONVOLUTIONS:
-            self.add_module(name, nn.Conv2d(narrow(fan_in, width), narrow(fan_out, width), kernel,
-                                            stride=stride, padding=pad, groups=groups))
+            self.add_module(
+                name,
+                nn.Conv2d(
+                    narrow(fan_in, width), narrow(fan_out, width), kernel, stride=stride, padding=pad, groups=groups
+                ),
+            )
         self.fc6 = nn.Linear(narrow(256, width) * _POOL5_SIDE**2, 4096 // width)
         self.code_dim = 4096 // width
 

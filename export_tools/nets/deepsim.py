@@ -69,8 +69,10 @@ class DeePSiMGenerator(nn.Module):
         for name, fan_in, fan_out in _FULLY_CONNECTED:
             self.add_module(name, nn.Linear(narrow(fan_in, width), narrow(fan_out, width)))
         for name, fan_in, fan_out, kernel, stride in _DECONVOLUTIONS:
-            self.add_module(name, nn.ConvTranspose2d(
-                narrow(fan_in, width), narrow(fan_out, width), kernel, stride=stride, padding=1))
+            self.add_module(
+                name,
+                nn.ConvTranspose2d(narrow(fan_in, width), narrow(fan_out, width), kernel, stride=stride, padding=1),
+            )
         self.seed_channels = narrow(256, width)  # defc5 is reshaped to [B, 256, 4, 4]
 
     def caffe_layers(self) -> dict[str, list[torch.Tensor]]:

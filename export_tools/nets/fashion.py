@@ -45,11 +45,13 @@ class Encoder(nn.Module):
 
     def __init__(self, latent_dim: int = 64, width: int = 32):
         super().__init__()
-        self.convs = nn.ModuleList([
-            nn.Conv2d(3, width, 4, 2, 1),  # 16x16
-            nn.Conv2d(width, 2 * width, 4, 2, 1),  # 8x8
-            nn.Conv2d(2 * width, 4 * width, 4, 2, 1),  # 4x4
-        ])
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(3, width, 4, 2, 1),  # 16x16
+                nn.Conv2d(width, 2 * width, 4, 2, 1),  # 8x8
+                nn.Conv2d(2 * width, 4 * width, 4, 2, 1),  # 4x4
+            ]
+        )
         self.to_code = nn.Linear(4 * width * 16, latent_dim)
         self.norm = nn.BatchNorm1d(latent_dim, affine=False)  # unit-variance raw code, so noise has a known scale
         self.whitening = Whitening(latent_dim)
@@ -78,11 +80,13 @@ class Generator(nn.Module):
         self.width = width
         self.whitening = Whitening(latent_dim)
         self.from_code = nn.Linear(latent_dim, 4 * width * 16)
-        self.deconvs = nn.ModuleList([
-            nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1),  # 8x8
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1),  # 16x16
-            nn.ConvTranspose2d(width, width, 4, 2, 1),  # 32x32
-        ])
+        self.deconvs = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1),  # 8x8
+                nn.ConvTranspose2d(2 * width, width, 4, 2, 1),  # 16x16
+                nn.ConvTranspose2d(width, width, 4, 2, 1),  # 32x32
+            ]
+        )
         self.to_rgb = nn.Conv2d(width, 3, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -165,10 +169,14 @@ class Discriminator(nn.Module):
     def __init__(self, width: int = 32):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * width, 4 * width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Flatten(), nn.Linear(4 * width * 16, 1),
+            nn.Conv2d(3, width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(4 * width * 16, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,9 @@ class AffineCoupling(nn.Module):
         super().__init__()
         dim = mask.numel()
         self.register_buffer("mask", mask.float())
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, 2 * dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2 * dim)
+        )
         nn.init.zeros_(self.net[-1].weight)  # starts as the identity map
         nn.init.zeros_(self.net[-1].bias)
         self.log_scale_limit = nn.Parameter(torch.zeros(dim))
@@ -107,4 +108,3 @@ class FlowEncoder(nn.Module):
 def flow_loss(flow: RealNVP, z: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood per dimension of codes z [B, D] (nats)."""
     return -flow.log_prob(z).mean() / z.shape[1]
-

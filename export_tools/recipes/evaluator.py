@@ -36,10 +36,14 @@ class EvaluatorNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.blocks = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
-                          nn.MaxPool2d(2))
-            for c_in, c_out in ((3, 32), (32, 64), (64, 128))])
+        self.blocks = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)
+                )
+                for c_in, c_out in ((3, 32), (32, 64), (64, 128))
+            ]
+        )
         self.dropout = nn.Dropout(0.3)
         self.features = nn.Linear(128 * 4 * 4, 128)
         self.klass = nn.Linear(128, len(CLASS_NAMES))
@@ -62,7 +66,7 @@ def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> tor
     """Translate the whole batch by one random offset of up to `shift` pixels, filling with black."""
     dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=generator))
     padded = F.pad(x, (shift, shift, shift, shift))
-    return padded[:, :, shift + dy: shift + dy + x.shape[2], shift + dx: shift + dx + x.shape[3]]
+    return padded[:, :, shift + dy : shift + dy + x.shape[2], shift + dx : shift + dx + x.shape[3]]
 
 
 def train_evaluator(out_path: Path, config: EvaluatorConfig, data_dir: Path = DATA_DIR, log=print) -> dict:
@@ -80,7 +84,7 @@ def train_evaluator(out_path: Path, config: EvaluatorConfig, data_dir: Path = DA
     for epoch in range(config.epochs):
         order = torch.randperm(len(labels), generator=generator)
         for step in range(steps_per_epoch):
-            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
             class_logits, colour_logits, _ = net(random_shift(x_all[index], config.shift, generator))
             loss = F.cross_entropy(class_logits, labels[index]) + F.cross_entropy(colour_logits, colours[index])
             opt.zero_grad()
@@ -88,17 +92,31 @@ def train_evaluator(out_path: Path, config: EvaluatorConfig, data_dir: Path = DA
             opt.step()
             schedule.step()
             if (step + 1) % 100 == 0:
-                log(f"[evaluator] epoch {epoch + 1}/{config.epochs} step {step + 1}/{steps_per_epoch} "
-                    f"loss={loss.item():.4f} {time.time() - started:.0f}s")
+                log(
+                    f"[evaluator] epoch {epoch + 1}/{config.epochs} step {step + 1}/{steps_per_epoch} "
+                    f"loss={loss.item():.4f} {time.time() - started:.0f}s"
+                )
     net.eval()
     test = load_split("test", data_dir)
     judged = Judge(net).judge(test.images)
-    accuracy = {"class": float(np.mean(judged.classes == test.labels)),
-                "colour": float(np.mean(judged.colours == test.colours))}
+    accuracy = {
+        "class": float(np.mean(judged.classes == test.labels)),
+        "colour": float(np.mean(judged.colours == test.colours)),
+    }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(out_path, lambda temp: torch.save({"kind": "fashion-evaluator", "config": asdict(config),
-                                                        "state": net.state_dict(), "test_accuracy": accuracy}, temp))
+    write_atomically(
+        out_path,
+        lambda temp: torch.save(
+            {
+                "kind": "fashion-evaluator",
+                "config": asdict(config),
+                "state": net.state_dict(),
+                "test_accuracy": accuracy,
+            },
+            temp,
+        ),
+    )
     return accuracy
 
 
@@ -118,11 +136,13 @@ class Judge:
         self.net = net.eval()
 
     @classmethod
-    def load(cls, path: Path) -> "Judge":
+    def load(cls, path: Path) -> Judge:
         path = Path(path)
         if not path.exists():
-            raise RecipeError(f"no evaluator at {path}; train one: python -m export_tools.recipes.fashion "
-                              f"train-evaluator --out {path}")
+            raise RecipeError(
+                f"no evaluator at {path}; train one: python -m export_tools.recipes.fashion "
+                f"train-evaluator --out {path}"
+            )
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:  # torch raises many types for a damaged file
@@ -139,15 +159,17 @@ class Judge:
     @torch.no_grad()
     def judge(self, images: np.ndarray) -> Judgement:
         """images uint8 [N, 32, 32, 3] RGB -> Judgement."""
-        parts = [self.net(to_tensor(images[i:i + 500])) for i in range(0, len(images), 500)]
-        return Judgement(torch.cat([p[0] for p in parts]).argmax(1).numpy(),
-                         torch.cat([p[1] for p in parts]).argmax(1).numpy(),
-                         torch.cat([p[2] for p in parts]).double().numpy())
+        parts = [self.net(to_tensor(images[i : i + 500])) for i in range(0, len(images), 500)]
+        return Judgement(
+            torch.cat([p[0] for p in parts]).argmax(1).numpy(),
+            torch.cat([p[1] for p in parts]).argmax(1).numpy(),
+            torch.cat([p[2] for p in parts]).double().numpy(),
+        )
 
 
 def mean_pairwise_distance(features: np.ndarray) -> float:
     """Mean Euclidean distance over all pairs of rows of features [N, F] (N >= 2)."""
-    squared = (features ** 2).sum(1)
+    squared = (features**2).sum(1)
     distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * features @ features.T, 0))
     count = len(features)
     return float(distances.sum() / (count * (count - 1)))
@@ -161,7 +183,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     values, vectors = np.linalg.eigh(cov_a)
     root_a = (vectors * np.sqrt(np.maximum(values, 0))) @ vectors.T
     cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
-    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.sqrt(np.maximum(cross, 0)).sum())
+    return float(
+        ((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.sqrt(np.maximum(cross, 0)).sum()
+    )
 
 
 @dataclass
@@ -176,8 +200,14 @@ class Scores:
     per_class: dict[str, float]  # class name -> class agreement of the images made for that class
 
 
-def score(judge: Judge, images: np.ndarray, classes: np.ndarray, colours: np.ndarray | None,
-          reference: Judgement, reference_classes: np.ndarray) -> Scores:
+def score(
+    judge: Judge,
+    images: np.ndarray,
+    classes: np.ndarray,
+    colours: np.ndarray | None,
+    reference: Judgement,
+    reference_classes: np.ndarray,
+) -> Scores:
     """Score images uint8 [N, 32, 32, 3] made for classes int [N] (and colours int [N]) against real images."""
     seen = judge.judge(images)
     ratios = []
@@ -192,7 +222,9 @@ def score(judge: Judge, images: np.ndarray, classes: np.ndarray, colours: np.nda
         colour_agreement=None if colours is None else float(np.mean(seen.colours == colours)),
         diversity_ratio=float(np.mean(ratios)) if ratios else float("nan"),
         frechet=frechet_distance(seen.features, reference.features),
-        per_class={CLASS_NAMES[label]: float(np.mean(seen.classes[classes == label] == label)) for label in np.unique(classes)},
+        per_class={
+            CLASS_NAMES[label]: float(np.mean(seen.classes[classes == label] == label)) for label in np.unique(classes)
+        },
     )
 
 
@@ -207,16 +239,18 @@ class EvaluationPlan:
     rows: tuple[str, ...] = ("real", "latent", "captions", "composite", "crossing")  # which rows to measure
 
 
-def evaluate_bundle(pipe, judge: Judge, plan: EvaluationPlan, sampler: dict, data_dir: Path = DATA_DIR,
-                    log=print) -> dict[str, dict]:
+def evaluate_bundle(
+    pipe, judge: Judge, plan: EvaluationPlan, sampler: dict, data_dir: Path = DATA_DIR, log=print
+) -> dict[str, dict]:
     """Score samples made by the runtime (`pipe`, a latent_onnx.Pipeline) against real test images.
 
     Returns row name -> Scores fields plus "seconds" (generation wall time); `sampler` holds
     overrides of the bundle's sampler defaults (SamplerConfig field -> value, e.g. start="init").
     """
     test = load_split("test", data_dir)
-    real_index = np.concatenate([np.flatnonzero(test.labels == label)[: plan.per_class]
-                                 for label in range(len(CLASS_NAMES))])
+    real_index = np.concatenate(
+        [np.flatnonzero(test.labels == label)[: plan.per_class] for label in range(len(CLASS_NAMES))]
+    )
     held_out = np.setdiff1d(np.arange(len(test.labels)), real_index)
     reference = judge.judge(test.images[held_out])
     reference_classes = test.labels[held_out]
@@ -232,8 +266,11 @@ def evaluate_bundle(pipe, judge: Judge, plan: EvaluationPlan, sampler: dict, dat
         images = []
         for request in requests:
             size = {"n": count} if count is not None else {}
-            images.append(pipe.generate(seed=plan.seed, batch_size=plan.batch_size, path=path, **size,
-                                        **request, **sampler).pixels)
+            images.append(
+                pipe.generate(
+                    seed=plan.seed, batch_size=plan.batch_size, path=path, **size, **request, **sampler
+                ).pixels
+            )
         return np.concatenate(images), time.time() - started
 
     class_requests = [{"classes": name} for name in CLASS_NAMES]
@@ -251,11 +288,12 @@ def evaluate_bundle(pipe, judge: Judge, plan: EvaluationPlan, sampler: dict, dat
         count, classes = plan.crossing_per_class, len(CLASS_NAMES)
         starts = {b: [] for b in range(classes)}
         for a in range(classes):
-            pixels = classes_row[a * plan.per_class: a * plan.per_class + count]
+            pixels = classes_row[a * plan.per_class : a * plan.per_class + count]
             for i, code in enumerate(pipe.encode(pixels)):
                 starts[(a + 1 + i % (classes - 1)) % classes].append(code)
-        requests = [{"classes": CLASS_NAMES[b], "n": len(starts[b]), "init_z": np.stack(starts[b])}
-                    for b in range(classes)]
+        requests = [
+            {"classes": CLASS_NAMES[b], "n": len(starts[b]), "init_z": np.stack(starts[b])} for b in range(classes)
+        ]
         images, seconds = generate(requests, None, "latent")
         targets = np.concatenate([np.full(len(starts[b]), b) for b in range(classes)])
         record("crossing", images, targets, None, seconds)
@@ -273,5 +311,7 @@ def evaluate_bundle(pipe, judge: Judge, plan: EvaluationPlan, sampler: dict, dat
 
 def format_row(row: dict) -> str:
     colour = "-" if row["colour_agreement"] is None else f"{row['colour_agreement']:.3f}"
-    return (f"n={row['count']} class={row['class_agreement']:.3f} colour={colour} "
-            f"diversity={row['diversity_ratio']:.3f} frechet={row['frechet']:.2f} seconds={row['seconds']:.1f}")
+    return (
+        f"n={row['count']} class={row['class_agreement']:.3f} colour={colour} "
+        f"diversity={row['diversity_ratio']:.3f} frechet={row['frechet']:.2f} seconds={row['seconds']:.1f}"
+    )

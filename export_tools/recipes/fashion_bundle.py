@@ -15,10 +15,18 @@ from export_tools.recipes.fashion_train import load_checkpoint, trained_networks
 
 # Sampler defaults chosen with `evaluate` (see docs/fashion-bundle.md for the measurements): the paper's
 # SGLD from z_0 ~ N(0, I) in the flow's space, true Langevin (eps2 = 2 eps1), the class / caption term
-# sharpened by the condition scale.
+# sharpened by the condition scale (5 / 10 / 15: class agreement 0.85 / 0.88 / 0.90, diversity 0.98 / 0.95 / 0.94).
 SAMPLER_DEFAULTS = {
-    "method": "sgld", "steps": 200, "eps1": 0.025, "eps2": 0.05, "prior_weight": 1.0,
-    "condition_scale": 5.0, "anneal": 0.0, "eps1_final": None, "normalize_grad": False, "start": "init",
+    "method": "sgld",
+    "steps": 200,
+    "eps1": 0.01,
+    "eps2": 0.02,
+    "prior_weight": 1.0,
+    "condition_scale": 15.0,
+    "anneal": 0.0,
+    "eps1_final": None,
+    "normalize_grad": False,
+    "start": "init",
 }
 PRESETS = {
     # the paper's CaffeNet settings: tiny steps, almost no noise, no prior term

@@ -104,8 +104,12 @@ def caption_templates(colour: str, label: int) -> list[str]:
 
 def _every_caption() -> list[str]:
     """The templates of every (colour, class) pair."""
-    return [caption for colour in COLOUR_NAMES for label in range(len(CLASS_NAMES))
-            for caption in caption_templates(colour, label)]
+    return [
+        caption
+        for colour in COLOUR_NAMES
+        for label in range(len(CLASS_NAMES))
+        for caption in caption_templates(colour, label)
+    ]
 
 
 def vocabulary() -> list[str]:
@@ -136,11 +140,17 @@ class CaptionTable:
     """All training captions per (class, colour), encoded once: sample tokens/mask for a batch of pairs."""
 
     def __init__(self, vocab: list[str]):
-        self.encoded = [[[encode_caption(c, vocab) for c in caption_templates(colour, label)]
-                         for colour in COLOUR_NAMES] for label in range(len(CLASS_NAMES))]
+        self.encoded = [
+            [[encode_caption(c, vocab) for c in caption_templates(colour, label)] for colour in COLOUR_NAMES]
+            for label in range(len(CLASS_NAMES))
+        ]
 
-    def sample(self, labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """labels, colours int [B] -> tokens int64 [B, T], mask float32 [B, T], one random template each."""
-        chosen = [self.encoded[label][colour][rng.integers(len(self.encoded[label][colour]))]
-                  for label, colour in zip(labels, colours)]
+        chosen = [
+            self.encoded[label][colour][rng.integers(len(self.encoded[label][colour]))]
+            for label, colour in zip(labels, colours)
+        ]
         return np.stack([t for t, _ in chosen]), np.stack([m for _, m in chosen])

@@ -15,8 +15,8 @@ import json
 import logging
 import secrets
 import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -36,8 +36,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]  # Host header names of a loopback server
 KEEPALIVE_S = 1.0  # an event stream sends a comment line at least this often (so a gone client is noticed)
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
-PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 log = logging.getLogger("latent_onnx.serve")
 
 
@@ -57,10 +59,15 @@ def _error(status: int, message, headers: dict | None = None) -> JSONResponse:
 def _bundle_json(pipe: Pipeline, default: bool) -> dict:
     bundle = pipe.bundle
     return {
-        "name": bundle.name, "description": bundle.description, "license": bundle.license, "default": default,
-        "classes": len(bundle.classes or []), "captions": bundle.vocabulary is not None and bundle.has_graph("caption_grad"),
+        "name": bundle.name,
+        "description": bundle.description,
+        "license": bundle.license,
+        "default": default,
+        "classes": len(bundle.classes or []),
+        "captions": bundle.vocabulary is not None and bundle.has_graph("caption_grad"),
         "image": {"height": bundle.image_hw[0], "width": bundle.image_hw[1]},
-        "paths": [path for path in PATHS if bundle.has_graph(PATH_ROLES[path])], "presets": sorted(bundle.presets),
+        "paths": [path for path in PATHS if bundle.has_graph(PATH_ROLES[path])],
+        "presets": sorted(bundle.presets),
         "sampler": pipe.sampler_config().to_dict(),
     }
 
@@ -68,12 +75,26 @@ def _bundle_json(pipe: Pipeline, default: bool) -> dict:
 def result_json(finished: Finished) -> dict:
     """A finished job as the API's JSON: settings used, and each image as base64 PNG with its own figures."""
     result = finished.result
-    images = [{"index": index, "seed": result.options.seed, "logp": float(logp), "acceptance": float(acceptance),
-               "command": text["Comment"], "png": base64.b64encode(png).decode("ascii")}
-              for index, logp, acceptance, text, png in zip(result.indices, result.logp, result.acceptance, finished.texts,
-                                                             finished.pngs)]
-    return {"bundle": result.bundle_name, "seed": result.options.seed, "options": result.options.describe(),
-            "sampler": result.config.to_dict(), "images": images}
+    images = [
+        {
+            "index": index,
+            "seed": result.options.seed,
+            "logp": float(logp),
+            "acceptance": float(acceptance),
+            "command": text["Comment"],
+            "png": base64.b64encode(png).decode("ascii"),
+        }
+        for index, logp, acceptance, text, png in zip(
+            result.indices, result.logp, result.acceptance, finished.texts, finished.pngs
+        )
+    ]
+    return {
+        "bundle": result.bundle_name,
+        "seed": result.options.seed,
+        "options": result.options.describe(),
+        "sampler": result.config.to_dict(),
+        "images": images,
+    }
 
 
 def _sse(event: str, data: dict) -> str:
@@ -124,8 +145,16 @@ class _HostCheck:
         await self.app(scope, receive, send)
 
 
-def create_app(bundles: Mapping[str, Pipeline], *, limits: Limits = Limits(), workers: int = 1, capacity: int = 32,
-               token: str | None = None, cors_origins: tuple[str, ...] = (), allowed_hosts: list[str] | None = None) -> FastAPI:
+def create_app(
+    bundles: Mapping[str, Pipeline],
+    *,
+    limits: Limits = Limits(),
+    workers: int = 1,
+    capacity: int = 32,
+    token: str | None = None,
+    cors_origins: tuple[str, ...] = (),
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
     """The server's app for pipelines by bundle name (the first is the default).
 
     allowed_hosts: the Host header values accepted (None: any); a loopback server accepts only loopback
@@ -138,14 +167,22 @@ def create_app(bundles: Mapping[str, Pipeline], *, limits: Limits = Limits(), wo
         yield
         pool.shutdown()
 
-    app = FastAPI(title="latent-onnx", version=__version__, lifespan=lifespan,
-                  description="Conditional image generation by Langevin sampling of a generator's latent code.")
+    app = FastAPI(
+        title="latent-onnx",
+        version=__version__,
+        lifespan=lifespan,
+        description="Conditional image generation by Langevin sampling of a generator's latent code.",
+    )
     app.state.pool = pool
     if allowed_hosts is not None:
         app.add_middleware(_HostCheck, hosts=allowed_hosts)
     if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "Accept"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept"],
+        )
 
     @app.exception_handler(RequestError)
     async def request_error(request, error: RequestError):
@@ -174,8 +211,9 @@ def create_app(bundles: Mapping[str, Pipeline], *, limits: Limits = Limits(), wo
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
-            raise RequestError(401, "this server needs the header Authorization: Bearer <its token>",
-                               {"WWW-Authenticate": "Bearer"})
+            raise RequestError(
+                401, "this server needs the header Authorization: Bearer <its token>", {"WWW-Authenticate": "Bearer"}
+            )
 
     def submit(pipe: Pipeline, options, progress: Callable[[dict], None] | None = None, preview_every: int = 0) -> Job:
         try:
@@ -188,42 +226,74 @@ def create_app(bundles: Mapping[str, Pipeline], *, limits: Limits = Limits(), wo
 
     @app.get("/", include_in_schema=False)
     async def page():
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY,
-                                                            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+        return FileResponse(
+            STATIC / "index.html",
+            headers={
+                "Content-Security-Policy": PAGE_POLICY,
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "no-store",
+            },
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/v1/health", summary="Whether the server is up (no token needed)")
     async def health():
-        return {"status": "ok", "version": __version__, "bundles": list(bundles), "jobs": pool.active,
-                "workers": pool.workers, "capacity": pool.capacity}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "bundles": list(bundles),
+            "jobs": pool.active,
+            "workers": pool.workers,
+            "capacity": pool.capacity,
+        }
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 
     @api.get("/bundles", summary="The bundles this server was started with, and the sampler settings a request may set")
     async def list_bundles():
-        settings = [{"name": name, "help": spec.metadata["help"], "choices": spec.metadata["choices"]}
-                    for name, spec in SAMPLER_REQUEST_FIELDS.items()]
-        return {"bundles": [_bundle_json(pipe, i == 0) for i, pipe in enumerate(bundles.values())],
-                "sampler_settings": settings, "limits": {**dataclasses.asdict(limits), "jobs": capacity}}
+        settings = [
+            {"name": name, "help": spec.metadata["help"], "choices": spec.metadata["choices"]}
+            for name, spec in SAMPLER_REQUEST_FIELDS.items()
+        ]
+        return {
+            "bundles": [_bundle_json(pipe, i == 0) for i, pipe in enumerate(bundles.values())],
+            "sampler_settings": settings,
+            "limits": {**dataclasses.asdict(limits), "jobs": capacity},
+        }
 
     @api.get("/bundles/{name}/classes", summary="A bundle's classes: index and names (display name first)")
     async def classes(name: str):
         pipe = pick_bundle(bundles, name, 404)
-        return {"bundle": name, "classes": [{"index": i, "names": names} for i, names in enumerate(pipe.bundle.classes or [])]}
+        return {
+            "bundle": name,
+            "classes": [{"index": i, "names": names} for i, names in enumerate(pipe.bundle.classes or [])],
+        }
 
     @api.get("/bundles/{name}/vocabulary", summary="The words a bundle's captions may use")
     async def vocabulary(name: str):
         bundle = pick_bundle(bundles, name, 404).bundle
         captions = bundle.vocabulary is not None and bundle.has_graph("caption_grad")
-        return {"bundle": name, "words": [w for w in bundle.vocabulary if w != "<eos>"] if captions else [],
-                "max_words": bundle.max_tokens - 1 if captions else 0}
+        return {
+            "bundle": name,
+            "words": [w for w in bundle.vocabulary if w != "<eos>"] if captions else [],
+            "max_words": bundle.max_tokens - 1 if captions else 0,
+        }
 
     generate_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema()}}}}
 
-    @api.post("/generate", openapi_extra=generate_doc, response_class=JSONResponse, summary="Generate images",
-              responses={200: {"content": {"image/png": {}}, "description": "JSON with each image as base64 PNG; "
-                               "the PNG itself for n = 1 with Accept: image/png"}})
+    @api.post(
+        "/generate",
+        openapi_extra=generate_doc,
+        response_class=JSONResponse,
+        summary="Generate images",
+        responses={
+            200: {
+                "content": {"image/png": {}},
+                "description": "JSON with each image as base64 PNG; the PNG itself for n = 1 with Accept: image/png",
+            }
+        },
+    )
     async def generate(request: Request):
         """Generate images; each PNG is the file `latent-onnx generate` writes for the same settings."""
         pipe, options, _ = await parsed(request)
@@ -235,12 +305,25 @@ def create_app(bundles: Mapping[str, Pipeline], *, limits: Limits = Limits(), wo
             return Response(finished.pngs[0], media_type="image/png")
         return JSONResponse(result_json(finished))
 
-    @api.post("/generate/stream", openapi_extra=generate_doc, summary="Generate images, streaming progress (server-sent events)",
-              responses={200: {"content": {"text/event-stream": {}}, "description": "events `progress` "
-                               "{step, total, preview: base64 PNG of the batch's chains}, then `result` (the JSON of "
-                               "/v1/generate) or `error` {error, status}"}})
-    async def generate_stream(request: Request, preview_every: int | None = Query(
-            None, ge=1, description="Steps between previews (default: about 20 per batch)")):
+    @api.post(
+        "/generate/stream",
+        openapi_extra=generate_doc,
+        summary="Generate images, streaming progress (server-sent events)",
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "events `progress` "
+                "{step, total, preview: base64 PNG of the batch's chains}, then `result` (the JSON of "
+                "/v1/generate) or `error` {error, status}",
+            }
+        },
+    )
+    async def generate_stream(
+        request: Request,
+        preview_every: int | None = Query(
+            None, ge=1, description="Steps between previews (default: about 20 per batch)"
+        ),
+    ):
         """Like /v1/generate, as events; disconnecting cancels the chains."""
         pipe, options, config = await parsed(request)
         events: asyncio.Queue = asyncio.Queue()
@@ -251,8 +334,11 @@ def create_app(bundles: Mapping[str, Pipeline], *, limits: Limits = Limits(), wo
             return Response(status_code=499)
         if not ready:
             await job.done  # raises why it failed, as a 4xx or 5xx answer
-        return StreamingResponse(_event_stream(job, events), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            _event_stream(job, events),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     app.include_router(api)
     return app
@@ -292,8 +378,10 @@ def listening_socket(host: str, port: int, allow_remote: bool) -> socket.socket:
     except socket.gaierror as error:
         raise InputError(f"cannot resolve --host {host}: {error.strerror}") from None
     if not ipaddress.ip_address(address[0]).is_loopback and not allow_remote:
-        raise InputError(f"--host {host} is reachable from other machines; pass --allow-remote (and better --token) "
-                         "to serve there, or keep the default 127.0.0.1")
+        raise InputError(
+            f"--host {host} is reachable from other machines; pass --allow-remote (and better --token) "
+            "to serve there, or keep the default 127.0.0.1"
+        )
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -310,8 +398,10 @@ def run(bundles: Mapping[str, Pipeline], sock: socket.socket, say: Callable[[str
     loopback = ipaddress.ip_address(host).is_loopback
     shown = f"[{host}]" if ":" in host else host
     if not loopback:
-        say(f"warning: serving on {host}, which other machines can reach"
-            + ("" if settings.get("token") else "; without --token anyone who reaches it can generate"))
+        say(
+            f"warning: serving on {host}, which other machines can reach"
+            + ("" if settings.get("token") else "; without --token anyone who reaches it can generate")
+        )
     fragment = f"#token={settings['token']}" if settings.get("token") else ""
     app = create_app(bundles, allowed_hosts=LOOPBACK_HOSTS if loopback else None, **settings)
     say(f"serving http://{shown}:{port}/{fragment} (bundles: {', '.join(bundles)}; API under /v1, its docs at /docs)")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 
@@ -46,8 +46,13 @@ class JobPool:
         self._lock = threading.Lock()
         self._jobs: set[Job] = set()  # running or waiting
 
-    def submit(self, pipe: Pipeline, options: GenerateOptions, progress: Callable[[dict], None] | None = None,
-               preview_every: int = 0) -> "Job":
+    def submit(
+        self,
+        pipe: Pipeline,
+        options: GenerateOptions,
+        progress: Callable[[dict], None] | None = None,
+        preview_every: int = 0,
+    ) -> Job:
         """Start a job (Busy when every slot is taken); `progress` gets events on the event loop's thread."""
         with self._lock:
             if len(self._jobs) >= self.capacity:
@@ -69,7 +74,7 @@ class JobPool:
         """Jobs running or waiting."""
         return len(self._jobs)
 
-    def _release(self, job: "Job") -> None:
+    def _release(self, job: Job) -> None:
         with self._lock:
             self._jobs.discard(job)
 
@@ -86,8 +91,14 @@ class Job:
 
     done: asyncio.Future
 
-    def __init__(self, pipe: Pipeline, options: GenerateOptions, loop: asyncio.AbstractEventLoop,
-                 progress: Callable[[dict], None] | None, preview_every: int):
+    def __init__(
+        self,
+        pipe: Pipeline,
+        options: GenerateOptions,
+        loop: asyncio.AbstractEventLoop,
+        progress: Callable[[dict], None] | None,
+        preview_every: int,
+    ):
         self.pipe, self.options, self.loop = pipe, options, loop
         self.progress, self.preview_every = progress, preview_every
         self.ready = loop.create_future()  # True once every check has passed, False when the job failed first

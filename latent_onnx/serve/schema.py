@@ -8,8 +8,8 @@ limits); every value is then checked by the pipeline itself, so errors read as t
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 from ..pipeline import GenerateOptions, Pipeline
 from ..sampler import SamplerConfig
@@ -71,17 +71,27 @@ def request_schema() -> dict:
     """JSON schema of the generate request body (null or absent: the default)."""
     properties = {"bundle": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": BUNDLE_HELP}}
     properties.update({name: _field_schema(spec, OPTION_HELP[name]) for name, spec in OPTION_FIELDS.items()})
-    properties.update({name: _field_schema(spec, spec.metadata["help"] + " (default: the bundle's)")
-                       for name, spec in SAMPLER_REQUEST_FIELDS.items()})
-    return {"type": "object", "properties": properties, "additionalProperties": False,
-            "example": {"classes": "sneaker", "n": 1, "seed": 0}}
+    properties.update(
+        {
+            name: _field_schema(spec, spec.metadata["help"] + " (default: the bundle's)")
+            for name, spec in SAMPLER_REQUEST_FIELDS.items()
+        }
+    )
+    return {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+        "example": {"classes": "sneaker", "n": 1, "seed": 0},
+    }
 
 
 def _no_constants(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_request(body: bytes, bundles: Mapping[str, Pipeline], limits: Limits) -> tuple[Pipeline, GenerateOptions, SamplerConfig]:
+def parse_request(
+    body: bytes, bundles: Mapping[str, Pipeline], limits: Limits
+) -> tuple[Pipeline, GenerateOptions, SamplerConfig]:
     """The pipeline, options and sampler settings a JSON body asks for; RequestError (400 syntax, 422 names and
     values) or InputError (a value the pipeline refuses)."""
     try:
@@ -101,7 +111,8 @@ def parse_request(body: bytes, bundles: Mapping[str, Pipeline], limits: Limits) 
             raise RequestError(422, f"{key} must be a string, not {json.dumps(value)}")
     pipe = pick_bundle(bundles, values.pop("bundle", None), 422)
     options = GenerateOptions(**{k: v for k, v in values.items() if k in OPTION_FIELDS}).updated(
-        **{k: v for k, v in values.items() if k in SAMPLER_REQUEST_FIELDS})
+        **{k: v for k, v in values.items() if k in SAMPLER_REQUEST_FIELDS}
+    )
     config = pipe.sampler_config(options.preset, **options.sampler)
     for name, value in (("n", options.n), ("batch_size", options.batch_size), ("steps", config.steps)):
         limit = getattr(limits, name)

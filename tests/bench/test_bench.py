@@ -14,10 +14,23 @@ from click.testing import CliRunner
 from bench.__main__ import main
 from bench.imagenet import ensure_bundle
 from bench.machine import graph_cost, products_model
+from bench.precision import int8_bundle
 from bench.variants import (
-    StepProblem, fused_model, int8_block_model, int8_dynamic_model, open_session, run_fused, run_iobinding, run_plain,
+    StepProblem,
+    fused_model,
+    int8_block_model,
+    int8_dynamic_model,
+    open_session,
+    run_fused,
+    run_iobinding,
+    run_plain,
+    update_numpy,
 )
-from latent_onnx import Pipeline
+from latent_onnx import Pipeline, SGLDSampler, load_bundle
+from latent_onnx.onnx_scan import op_types
+from latent_onnx.priors import GaussianPrior
+from latent_onnx.sampler import ChainState
+from latent_onnx.sessions import QUANTISED_OPS, SessionFactory
 
 WIDTH = 16
 D, K = 4096 // WIDTH, 1000
@@ -56,12 +69,34 @@ def test_weight_products_alone_are_the_graphs_products_on_its_weights(problem):
     assert len(products.graph.initializer) == 2  # fc7 and fc8, each held once
     weights = {i.name: onnx.numpy_helper.to_array(i) for i in products.graph.initializer}
     session = open_session(products, 1)
-    feeds = {i.name: np.random.default_rng(0).standard_normal((2, i.type.tensor_type.shape.dim[1].dim_value), dtype=np.float32)
-             for i in products.graph.input}
+    feeds = {
+        i.name: np.random.default_rng(0).standard_normal(
+            (2, i.type.tensor_type.shape.dim[1].dim_value), dtype=np.float32
+        )
+        for i in products.graph.input
+    }
     for node, got in zip(products.graph.node, session.run(None, feeds)):
         weight = weights[node.input[1]]
         transposed = any(a.name == "transB" and a.i for a in node.attribute)
-        np.testing.assert_allclose(got, feeds[node.input[0]] @ (weight.T if transposed else weight), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            got, feeds[node.input[0]] @ (weight.T if transposed else weight), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_the_variants_update_is_the_runtimes_sgld_step(problem):
+    session = open_session(problem.model, 1)
+
+    def target(z):
+        return tuple(session.run(["logp", "grad"], {"z": z, "weights": problem.weights}))
+
+    assert problem.config.normalize_grad and problem.config.clip and problem.config.prior_weight  # every term runs
+    noise = np.random.default_rng(2).standard_normal(problem.z0.shape, dtype=np.float32)
+    sampler = SGLDSampler(problem.config, GaussianPrior(dim=D, mean=0.0, std=problem.prior_std))
+    want = sampler.step(ChainState.at(problem.z0, target), target, noise, None, 0).z
+    z = problem.z0.copy()
+    update_numpy(problem, z, target(z)[1], noise * np.float32(np.sqrt(problem.config.eps2)))
+    assert np.abs(z - problem.z0).max() > 1e-3  # the chains moved
+    np.testing.assert_allclose(z, want, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_loop_and_io_binding_match_the_step_loop(problem):
@@ -87,9 +122,26 @@ def test_int8_gradients_point_the_same_way(problem, quantise):
 def test_bench_command_writes_every_section(bench_cache, tmp_path):
     out = tmp_path / "results"
     bundle = bench_cache / f"bench-imagenet-random-w{WIDTH}"
-    args = ["--width", str(WIDTH), "--batches", "1,2", "--latent-steps", "2", "--composite-steps", "1", "--threads", "1",
-            "--cache", str(bench_cache), "--default-bundle", str(bundle), "--evaluator", str(tmp_path / "none.pt"),
-            "--out", str(out)]
+    args = [
+        "--width",
+        str(WIDTH),
+        "--batches",
+        "1,2",
+        "--latent-steps",
+        "2",
+        "--composite-steps",
+        "1",
+        "--threads",
+        "1",
+        "--cache",
+        str(bench_cache),
+        "--default-bundle",
+        str(bundle),
+        "--evaluator",
+        str(tmp_path / "none.pt"),
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
@@ -98,7 +150,10 @@ def test_bench_command_writes_every_section(bench_cache, tmp_path):
     ratios = results["imagenet"]["ratios"]
     assert [r["batch"] for r in ratios] == [1, 2] and all(r["step_ratio"] > 0 for r in ratios)
     assert {row["path"] for row in results["eager"]} == {"latent", "composite"}
-    assert results["coldstart"]["peak_rss_mb"] > 0 and results["coldstart"]["first_image_s"] <= results["coldstart"]["exit_s"]
+    assert (
+        results["coldstart"]["peak_rss_mb"] > 0
+        and results["coldstart"]["first_image_s"] <= results["coldstart"]["exit_s"]
+    )
     assert "fused" in results["variants"]["batches"]["2"]["variants"]
     text = (out / "results.md").read_text()
     assert "Latent path against composite path" in text and "PyTorch eager" in text and "Cold start" in text
@@ -110,3 +165,12 @@ def test_unknown_section_is_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["--sections", "imagenet,speed", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "unknown sections ['speed']" in result.output
+
+
+def test_int8_bundle_is_a_verified_bundle_that_the_pipeline_opens(bench_cache, tmp_path):
+    source = load_bundle(bench_cache / f"bench-imagenet-random-w{WIDTH}")
+    bundle = load_bundle(int8_bundle(source, int8_dynamic_model, tmp_path))  # every sha256 checked
+    assert op_types(bundle.graph_bytes("class_grad")) & QUANTISED_OPS
+    assert bundle.graph_bytes("generator") == source.graph_bytes("generator")
+    result = Pipeline(bundle, SessionFactory("cpu", 1)).generate(classes="11", n=2, seed=0, steps=2)
+    assert result.z.shape == (2, D) and np.isfinite(result.z).all()

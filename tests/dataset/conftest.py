@@ -22,5 +22,8 @@ def bundle(tmp_path_factory) -> Path:
 
 def files_of(out: Path) -> dict[str, bytes]:
     """Every file of a dataset folder (relative path -> bytes), without the lock file."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "lock"}
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "lock"
+    }

@@ -33,11 +33,24 @@ def manifest(out: Path) -> dict:
 
 def test_images_are_generate_samples_with_the_condition_seed(bundle, tmp_path):
     out = tmp_path / "ds"
-    result = run_cli(str(out), "--bundle", str(bundle), "--classes", "sandal,0", "--per-class", "5", "--shard-size", "3",
-                     "--seed", "7")
+    result = run_cli(
+        str(out),
+        "--bundle",
+        str(bundle),
+        "--classes",
+        "sandal,0",
+        "--per-class",
+        "5",
+        "--shard-size",
+        "3",
+        "--seed",
+        "7",
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
-    assert [(r["label"], r["index"]) for r in rows] == [("sandal", i) for i in range(5)] + [("sneaker", i) for i in range(5)]
+    assert [(r["label"], r["index"]) for r in rows] == [("sandal", i) for i in range(5)] + [
+        ("sneaker", i) for i in range(5)
+    ]
     assert rows[0]["seed"] == condition_seed(7, "class:1") != rows[5]["seed"] == condition_seed(7, "class:0")
     pipe = Pipeline.from_bundle(bundle, device="cpu", threads=1)
     alone = pipe.generate(classes="1", seed=rows[0]["seed"], start_index=3, n=1)  # image 3 of sandal, made alone
@@ -46,23 +59,31 @@ def test_images_are_generate_samples_with_the_condition_seed(bundle, tmp_path):
     assert f"--seed {rows[0]['seed']} --start-index 3 -n 1" in text["Comment"]
     # a condition's images do not depend on which other conditions the dataset has
     other = tmp_path / "other"
-    assert run_cli(str(other), "--bundle", str(bundle), "--classes", "1", "--per-class", "5", "--seed", "7").exit_code == 0
-    assert {n: b for n, b in files_of(other).items() if n.endswith(".png")} == \
-        {n: b for n, b in files_of(out).items() if n.startswith("sandal/")}
+    assert (
+        run_cli(str(other), "--bundle", str(bundle), "--classes", "1", "--per-class", "5", "--seed", "7").exit_code == 0
+    )
+    assert {n: b for n, b in files_of(other).items() if n.endswith(".png")} == {
+        n: b for n, b in files_of(out).items() if n.startswith("sandal/")
+    }
 
 
 def test_per_sample_files_do_not_depend_on_format_shard_size_or_workers(bundle, tmp_path):
     folder, shards = tmp_path / "folder", tmp_path / "wds"
     write_dataset(folder, DatasetSettings(bundle=str(bundle), per_class=6, shard_size=5))
-    write_dataset(shards, DatasetSettings(bundle=str(bundle), per_class=6, shard_size=4, format="webdataset"),
-                  RunOptions(workers=2, batch_size=3))
+    write_dataset(
+        shards,
+        DatasetSettings(bundle=str(bundle), per_class=6, shard_size=4, format="webdataset"),
+        RunOptions(workers=2, batch_size=3),
+    )
     members = {}
     for tar in sorted(shards.glob("shard-*.tar")):
         with tarfile.open(tar) as archive:
             members.update({m.name: archive.extractfile(m).read() for m in archive.getmembers()})
     pngs = {n.split("/")[1]: b for n, b in files_of(folder).items() if n.endswith(".png")}
     assert len(pngs) == 18 and pngs == {n: b for n, b in members.items() if n.endswith(".png")}
-    rows = {json.loads(line)["sha256"]: json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()}
+    rows = {
+        json.loads(line)["sha256"]: json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()
+    }
     for name, data in members.items():
         if name.endswith(".json"):
             row = json.loads(data)
@@ -79,7 +100,10 @@ def test_imagefolder_loads_with_hugging_face_datasets(bundle, tmp_path, monkeypa
     assert len(loaded) == 12
     assert sorted(set(loaded["label"])) == ["ankle boot", "sandal", "sneaker"]
     for sample in loaded:
-        assert sample["label"] == ["sneaker", "sandal", "ankle boot"][sample["label_index"]] and sample["class_index"] == sample["label_index"]
+        assert (
+            sample["label"] == ["sneaker", "sandal", "ankle boot"][sample["label_index"]]
+            and sample["class_index"] == sample["label_index"]
+        )
         folder = {"sneaker": "sneaker", "sandal": "sandal", "ankle boot": "ankle-boot"}[sample["label"]]
         on_disk = Image.open(out / folder / f"{folder}-{sample['index']:06d}.png")
         assert np.array_equal(np.asarray(sample["image"].convert("RGB")), np.asarray(on_disk))
@@ -88,12 +112,19 @@ def test_imagefolder_loads_with_hugging_face_datasets(bundle, tmp_path, monkeypa
 def test_webdataset_loads_with_webdataset(bundle, tmp_path):
     wds = pytest.importorskip("webdataset")
     out = tmp_path / "ds"
-    write_dataset(out, DatasetSettings(bundle=str(bundle), classes="ankle boot,sneaker", per_class=5, shard_size=3,
-                                       format="webdataset"))
+    write_dataset(
+        out,
+        DatasetSettings(
+            bundle=str(bundle), classes="ankle boot,sneaker", per_class=5, shard_size=3, format="webdataset"
+        ),
+    )
     urls = [str(p) for p in sorted(out.glob("shard-*.tar"))]
-    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("__key__", "png", "cls", "txt", "json"))
-    assert [(key, label, text) for key, _, label, text, _ in samples] == \
-        [(f"ankle-boot-{i:06d}", 0, "ankle boot") for i in range(5)] + [(f"sneaker-{i:06d}", 1, "sneaker") for i in range(5)]
+    samples = list(
+        wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("__key__", "png", "cls", "txt", "json")
+    )
+    assert [(key, label, text) for key, _, label, text, _ in samples] == [
+        (f"ankle-boot-{i:06d}", 0, "ankle boot") for i in range(5)
+    ] + [(f"sneaker-{i:06d}", 1, "sneaker") for i in range(5)]
     assert all(row["class_index"] == [2, 0][label] and image.size == (4, 4) for _, image, label, _, row in samples)
 
 
@@ -101,13 +132,19 @@ def test_captions_file_gives_one_label_per_caption(bundle, tmp_path):
     captions = tmp_path / "captions.txt"
     captions.write_text("# colours\na red sneaker\n\na blue sandal\n")
     out = tmp_path / "ds"
-    result = run_cli(str(out), "--bundle", str(bundle), "--captions", str(captions), "--classes", "sandal", "--per-class", "2")
+    result = run_cli(
+        str(out), "--bundle", str(bundle), "--captions", str(captions), "--classes", "sandal", "--per-class", "2"
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [(r["file_name"], r["caption"], r["label_index"]) for r in rows] == [
-        ("sandal/sandal-000000.png", None, 0), ("sandal/sandal-000001.png", None, 0),
-        ("a-red-sneaker/a-red-sneaker-000000.png", "a red sneaker", 1), ("a-red-sneaker/a-red-sneaker-000001.png", "a red sneaker", 1),
-        ("a-blue-sandal/a-blue-sandal-000000.png", "a blue sandal", 2), ("a-blue-sandal/a-blue-sandal-000001.png", "a blue sandal", 2)]
+        ("sandal/sandal-000000.png", None, 0),
+        ("sandal/sandal-000001.png", None, 0),
+        ("a-red-sneaker/a-red-sneaker-000000.png", "a red sneaker", 1),
+        ("a-red-sneaker/a-red-sneaker-000001.png", "a red sneaker", 1),
+        ("a-blue-sandal/a-blue-sandal-000000.png", "a blue sandal", 2),
+        ("a-blue-sandal/a-blue-sandal-000001.png", "a blue sandal", 2),
+    ]
     assert json.loads(Image.open(out / rows[2]["file_name"]).text["latent-onnx"])["caption"] == "a red sneaker"
 
 
@@ -135,7 +172,10 @@ def test_other_settings_are_refused_then_replaced_with_overwrite(bundle, tmp_pat
     assert "other settings (sampler steps 20, not 5)" in refused.output and files_of(out) == before
     replaced = run_cli(str(out), "--bundle", str(bundle), "--classes", "sneaker", "--per-class", "2", "--overwrite")
     assert replaced.exit_code == 0, replaced.output
-    assert sorted(n for n in files_of(out) if n.endswith(".png")) == ["sneaker/sneaker-000000.png", "sneaker/sneaker-000001.png"]
+    assert sorted(n for n in files_of(out) if n.endswith(".png")) == [
+        "sneaker/sneaker-000000.png",
+        "sneaker/sneaker-000001.png",
+    ]
     assert not (out / "sandal").exists() or not any((out / "sandal").iterdir())
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -144,18 +184,27 @@ def test_other_settings_are_refused_then_replaced_with_overwrite(bundle, tmp_pat
     assert result.exit_code == 5 and "holds no latent-onnx dataset" in result.output
 
 
-@pytest.mark.parametrize("args, code, words", [
-    (["--classes", "sneakr,7,sandal,boots"], 2, ["3 problem(s)", "unknown class 'sneakr'", "class index 7", "'boots'"]),
-    (["--classes", "sneaker,0"], 2, ["'sneaker' is listed twice"]),
-    (["--per-class", "0"], 2, ["per-class must be an integer from 1"]),
-    (["--shard-size", "0"], 2, ["shard size must be"]),
-    (["--steps", "-1"], 2, ["steps must be"]),
-    (["--preset", "fast"], 2, ["unknown preset 'fast'"]),
-    (["--workers", "0"], 2, ["workers must be"]),
-])
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (
+            ["--classes", "sneakr,7,sandal,boots"],
+            2,
+            ["3 problem(s)", "unknown class 'sneakr'", "class index 7", "'boots'"],
+        ),
+        (["--classes", "sneaker,0"], 2, ["'sneaker' is listed twice"]),
+        (["--per-class", "0"], 2, ["per-class must be an integer from 1"]),
+        (["--shard-size", "0"], 2, ["shard size must be"]),
+        (["--steps", "-1"], 2, ["steps must be"]),
+        (["--preset", "fast"], 2, ["unknown preset 'fast'"]),
+        (["--workers", "0"], 2, ["workers must be"]),
+    ],
+)
 def test_bad_input_is_one_line_before_any_work(bundle, tmp_path, args, code, words):
     out = tmp_path / "ds"
-    result = run_cli(str(out), "--bundle", str(bundle), *(["--per-class", "2"] if "--per-class" not in args else []), *args)
+    result = run_cli(
+        str(out), "--bundle", str(bundle), *(["--per-class", "2"] if "--per-class" not in args else []), *args
+    )
     assert result.exit_code == code, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("latent-onnx: error: ")
@@ -166,8 +215,17 @@ def test_bad_input_is_one_line_before_any_work(bundle, tmp_path, args, code, wor
 def test_unknown_caption_words_and_classes_are_reported_together(bundle, tmp_path):
     captions = tmp_path / "captions.txt"
     captions.write_text("a red sneaker\na green sneaker\na purple boot\n")
-    result = run_cli(str(tmp_path / "ds"), "--bundle", str(bundle), "--classes", "sandal,slipper", "--captions",
-                     str(captions), "--per-class", "2")
+    result = run_cli(
+        str(tmp_path / "ds"),
+        "--bundle",
+        str(bundle),
+        "--classes",
+        "sandal,slipper",
+        "--captions",
+        str(captions),
+        "--per-class",
+        "2",
+    )
     assert result.exit_code == 2
     line = result.output.strip()
     assert "3 problem(s)" in line and "'slipper'" in line and "green" in line and "purple, boot" in line
@@ -209,8 +267,9 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(bundle, tmp_path):
     args = ("--per-class", "60", "--shard-size", "10", "--steps", "300", "--format", "webdataset")
     reference, out = tmp_path / "reference", tmp_path / "ds"
     subprocess.run(_command(reference, bundle, *args), check=True, capture_output=True)
-    process = subprocess.Popen(_command(out, bundle, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        _command(out, bundle, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if (out / MANIFEST_NAME).exists() and manifest(out)["shards"]:
@@ -251,8 +310,9 @@ def test_a_dead_worker_is_retried_once_then_the_run_stops(bundle, tmp_path, deat
     killer = threading.Thread(target=_kill_workers, args=(stop, deaths, killed))
     killer.start()
     try:
-        result = CliRunner().invoke(cli, ["dataset", str(out), "--bundle", str(bundle), "--per-class", "4",
-                                          "--shard-size", "6"])
+        result = CliRunner().invoke(
+            cli, ["dataset", str(out), "--bundle", str(bundle), "--per-class", "4", "--shard-size", "6"]
+        )
     finally:
         stop.set()
         killer.join()
@@ -268,8 +328,10 @@ def test_a_dead_worker_is_retried_once_then_the_run_stops(bundle, tmp_path, deat
 
 
 def test_ray_backend_without_ray_names_the_extra(bundle, tmp_path):
-    code = ("import sys; sys.modules['ray'] = None; from latent_onnx.cli import main; "
-            f"main(['dataset', {str(tmp_path / 'ds')!r}, '--bundle', {str(bundle)!r}, '--per-class', '1', '--backend', 'ray'])")
+    code = (
+        "import sys; sys.modules['ray'] = None; from latent_onnx.cli import main; "
+        f"main(['dataset', {str(tmp_path / 'ds')!r}, '--bundle', {str(bundle)!r}, '--per-class', '1', '--backend', 'ray'])"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "latent-onnx: error: the ray backend needs Ray: pip install 'latent-onnx[ray]'"

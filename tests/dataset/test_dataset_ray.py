@@ -30,17 +30,36 @@ def ray_address(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_AUTH_MODE", "disabled")
         try:
-            subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus",
-                            "2", "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats"],
-                           check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                [
+                    ray,
+                    "start",
+                    "--head",
+                    "--node-ip-address",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--num-cpus",
+                    "2",
+                    "--num-gpus",
+                    "0",
+                    "--include-dashboard",
+                    "false",
+                    "--disable-usage-stats",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
             yield f"127.0.0.1:{port}"
         finally:
             subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
 
 
 def dataset(out, bundle, *args):
-    result = CliRunner().invoke(cli, ["dataset", str(out), "--bundle", str(bundle), "--per-class", "7",
-                                      "--shard-size", "4", *args])
+    result = CliRunner().invoke(
+        cli, ["dataset", str(out), "--bundle", str(bundle), "--per-class", "7", "--shard-size", "4", *args]
+    )
     assert result.exit_code == 0, result.output
     return files_of(out)
 
@@ -54,15 +73,43 @@ def test_ray_writes_the_same_bytes_as_local_with_one_and_two_workers(bundle, tmp
 
 
 def test_more_actors_than_the_cluster_has_cpus_is_one_line(bundle, tmp_path, ray_address):
-    result = CliRunner().invoke(cli, ["dataset", str(tmp_path / "ds"), "--bundle", str(bundle), "--per-class", "1",
-                                      "--backend", "ray", "--ray-address", ray_address, "--workers", "3"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "dataset",
+            str(tmp_path / "ds"),
+            "--bundle",
+            str(bundle),
+            "--per-class",
+            "1",
+            "--backend",
+            "ray",
+            "--ray-address",
+            ray_address,
+            "--workers",
+            "3",
+        ],
+    )
     assert result.exit_code == 8 and "the Ray cluster has 2 CPUs" in result.output
 
 
 def test_unreachable_ray_address_is_one_line(bundle, tmp_path):
     port = _free_port()  # nothing listens on it
-    result = CliRunner().invoke(cli, ["dataset", str(tmp_path / "ds"), "--bundle", str(bundle), "--per-class", "1",
-                                      "--backend", "ray", "--ray-address", f"127.0.0.1:{port}"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "dataset",
+            str(tmp_path / "ds"),
+            "--bundle",
+            str(bundle),
+            "--per-class",
+            "1",
+            "--backend",
+            "ray",
+            "--ray-address",
+            f"127.0.0.1:{port}",
+        ],
+    )
     assert result.exit_code == 8, result.output
     assert result.output.strip().startswith(f"latent-onnx: error: cannot reach the Ray cluster at 127.0.0.1:{port}")
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "ds").exists()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from tiny_networks import tiny_spec
 
 from export_tools.bundle_writer import write_bundle
-from tiny_networks import tiny_spec
 
 
 @pytest.fixture(scope="session")

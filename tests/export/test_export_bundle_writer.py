@@ -7,20 +7,26 @@ import json
 
 import pytest
 import torch
+from tiny_networks import CLASSES, VOCABULARY, Generator, generator_only_spec, head
 
-from export_tools import ExportError
+import latent_onnx
+from export_tools import EXPORTER, ExportError
 from export_tools.bundle_writer import write_bundle
 from export_tools.conventions import PixelConvention
 from export_tools.export import load_weights
 from latent_onnx import load_bundle
-from tiny_networks import CLASSES, VOCABULARY, Generator, generator_only_spec, head
 
 
 def test_manifest_lists_every_file_with_its_hash_and_the_runtime_loads_it(tiny_bundle):
     spec, report = tiny_bundle
     manifest = json.loads((report.path / "manifest.json").read_text())
     assert manifest == report.manifest
-    entries = [*manifest["graphs"].values(), manifest["classes"], manifest["caption"]["vocabulary"], manifest["latent"]["prior"]]
+    entries = [
+        *manifest["graphs"].values(),
+        manifest["classes"],
+        manifest["caption"]["vocabulary"],
+        manifest["latent"]["prior"],
+    ]
     for entry in entries:
         assert entry["sha256"] == hashlib.sha256((report.path / entry["file"]).read_bytes()).hexdigest()
     listed = {entry["file"] for entry in entries} | {"manifest.json"}
@@ -54,25 +60,51 @@ def test_existing_bundle_is_kept_without_overwrite_and_on_failure(tmp_path):
     assert list(report.max_diff()) == ["generator"]
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(name="Tiny"), "bundle name"),
-    (dict(head=torch.nn.Linear(6, 3)), "needs the class names"),
-    (dict(captioner=torch.nn.Linear(6, 3)), "needs BundleSpec.vocabulary"),
-    (dict(vocabulary=["a", "<eos>"], max_tokens=4), "must start with '<eos>'"),
-    (dict(vocabulary=["<eos>", "a red"], max_tokens=4), "hold single words"),
-    (dict(classes=["a", ""], head=torch.nn.Linear(6, 2)), "classes must be a non-empty list"),
-    (dict(sampler={"step": 10}), "unknown sampler keys"),
-    (dict(sampler={"eps1": 0}), "eps1=0 is out of range"),
-    (dict(presets={"fast": {"normalize_grad": 1}}), "preset 'fast': normalize_grad=1"),
-    (dict(clip=(1.0, -1.0)), "clip must be"),
-    (dict(presets={"paper": {"clip": (0.0,)}}), "preset 'paper': clip must be"),
-    (dict(provenance={"data": object()}), "cannot be written as JSON"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(name="Tiny"), "bundle name"),
+        (dict(head=torch.nn.Linear(6, 3)), "needs the class names"),
+        (dict(captioner=torch.nn.Linear(6, 3)), "needs BundleSpec.vocabulary"),
+        (dict(vocabulary=["a", "<eos>"], max_tokens=4), "must start with '<eos>'"),
+        (dict(vocabulary=["<eos>", "a red"], max_tokens=4), "hold single words"),
+        (dict(classes=["a", ""], head=torch.nn.Linear(6, 2)), "classes must be a non-empty list"),
+        (dict(sampler={"step": 10}), "step=10 is not a sampler setting"),
+        (dict(sampler={"eps1": 0}), "eps1=0 is out of range"),
+        (dict(presets={"fast": {"normalize_grad": 1}}), "preset 'fast': normalize_grad=1"),
+        (dict(clip=(1.0, -1.0)), "clip must be"),
+        (dict(presets={"paper": {"clip": (0.0,)}}), "preset 'paper': clip must be"),
+        (dict(provenance={"data": object()}), "cannot be written as JSON"),
+    ],
+)
 def test_bad_specs_are_refused_with_one_line(tmp_path, changes, message):
     with pytest.raises(ExportError, match=message) as error:
         write_bundle(tmp_path / "bundle", generator_only_spec(**changes))
     assert "\n" not in str(error.value)
     assert list(tmp_path.iterdir()) == []
+
+
+class NanAtZero(torch.nn.Module):
+    """Logits z / sum |z|: finite on the random codes export validates with, NaN at the runtime's probe input (z = 0)."""
+
+    def forward(self, z):
+        return z[:, : len(CLASSES)] / z.abs().sum(dim=1, keepdim=True)
+
+
+def test_the_runtime_decides_what_a_valid_bundle_is(tmp_path):
+    spec = generator_only_spec(head=NanAtZero(), classes=CLASSES)
+    with pytest.raises(
+        ExportError, match=r"the runtime refuses the bundle just written: .*non-finite 'logits'"
+    ) as error:
+        write_bundle(tmp_path / "bundle", spec)
+    assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_the_exporter_version_is_in_the_provenance(tiny_bundle):
+    _, report = tiny_bundle
+    assert report.manifest["provenance"]["exporter"] == EXPORTER == f"latent-onnx-export {latent_onnx.__version__}"
+    assert load_bundle(report.path).provenance["exporter"] == EXPORTER
 
 
 def test_load_weights_reports_missing_and_mismatched_files(tmp_path):
@@ -86,8 +118,11 @@ def test_load_weights_reports_missing_and_mismatched_files(tmp_path):
         load_weights(Generator(), tmp_path / "head.pt")
     torch.save({"state_dict": head().state_dict()}, tmp_path / "nested.pt")
     with pytest.raises(ExportError, match="wrong shape"):
-        load_weights(torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)),
-                     tmp_path / "nested.pt", key="state_dict")
+        load_weights(
+            torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)),
+            tmp_path / "nested.pt",
+            key="state_dict",
+        )
     saved = head()
     torch.save({"state_dict": saved.state_dict()}, tmp_path / "nested.pt")
     loaded = load_weights(head(), tmp_path / "nested.pt", key="state_dict")

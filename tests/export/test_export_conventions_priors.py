@@ -33,8 +33,14 @@ def test_mean_is_added_in_the_network_channel_order():
     assert image[0, 0, 0].tolist() == [123, 117, 104]
 
 
-@pytest.mark.parametrize("convention", [PixelConvention(), PixelConvention(127.5, (1.0, 1.0, 1.0), "BGR"),
-                                        PixelConvention(1.0, (104.0, 117.0, 123.0), "BGR")])
+@pytest.mark.parametrize(
+    "convention",
+    [
+        PixelConvention(),
+        PixelConvention(127.5, (1.0, 1.0, 1.0), "BGR"),
+        PixelConvention(1.0, (104.0, 117.0, 123.0), "BGR"),
+    ],
+)
 def test_from_pixels_inverts_to_pixels(convention):
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 5, 4, 3), dtype=np.uint8))
     x = convention.from_pixels(image)
@@ -42,7 +48,9 @@ def test_from_pixels_inverts_to_pixels(convention):
     assert torch.equal(convention.to_pixels(x, (5, 4)), image)
 
 
-@pytest.mark.parametrize("kwargs", [dict(scale=0.0), dict(mean=(1.0, 2.0)), dict(channel_order="bgr"), dict(crop=(-1, 0))])
+@pytest.mark.parametrize(
+    "kwargs", [dict(scale=0.0), dict(mean=(1.0, 2.0)), dict(channel_order="bgr"), dict(crop=(-1, 0))]
+)
 def test_bad_conventions_are_refused(kwargs):
     with pytest.raises(ExportError, match="PixelConvention"):
         PixelConvention(**kwargs)
@@ -75,7 +83,8 @@ def test_mixture_file_loads_without_pickles_and_runtime_gradient_matches_pytorch
     z = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
     mixture = dist.MixtureSameFamily(
         dist.Categorical(torch.from_numpy(prior.weights)),
-        dist.MultivariateNormal(torch.from_numpy(prior.means), scale_tril=torch.from_numpy(prior.scale_tril)))
+        dist.MultivariateNormal(torch.from_numpy(prior.means), scale_tril=torch.from_numpy(prior.scale_tril)),
+    )
     z_torch = torch.from_numpy(z).double().requires_grad_(True)
     (expected,) = torch.autograd.grad(mixture.log_prob(z_torch).sum(), z_torch)
     np.testing.assert_allclose(runtime.grad_log_prob(z), expected.numpy(), rtol=1e-4, atol=1e-5)
@@ -90,12 +99,15 @@ def test_samples_follow_the_prior():
     np.testing.assert_allclose(np.cov(z, rowvar=False), [[1.0, 0.5], [0.5, 0.5]], atol=0.05)
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ((np.array([0.5, 0.6]), np.zeros((2, 2)), np.stack([np.eye(2)] * 2)), "sum to 1"),
-    ((np.array([1.0]), np.zeros((1, 2)), np.eye(2)[None] * -1), "positive diagonal"),
-    ((np.array([1.0]), np.zeros((1, 3)), np.eye(2)[None]), "shapes"),
-    ((np.array([1.0]), np.full((1, 2), np.nan), np.eye(2)[None]), "NaN"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ((np.array([0.5, 0.6]), np.zeros((2, 2)), np.stack([np.eye(2)] * 2)), "sum to 1"),
+        ((np.array([1.0]), np.zeros((1, 2)), np.eye(2)[None] * -1), "positive diagonal"),
+        ((np.array([1.0]), np.zeros((1, 3)), np.eye(2)[None]), "must have shape"),
+        ((np.array([1.0]), np.full((1, 2), np.nan), np.eye(2)[None]), "not finite"),
+    ],
+)
 def test_bad_mixtures_are_refused(arrays, message):
     with pytest.raises(ExportError, match=message):
         GaussianMixturePrior(*arrays)

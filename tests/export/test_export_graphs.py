@@ -9,12 +9,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from tiny_networks import IMAGE_HW, D, K, head
 
 from export_tools import ExportError
 from export_tools.export import ClassLogp, eager_reference, export_class_grad, export_classifier
-from export_tools.specs import IR_VERSION, OPSET, ROLES, SPECS, GraphDims
+from export_tools.specs import IR_VERSION, OPSET, SPECS, GraphDims
 from export_tools.validate import validate_graph
-from tiny_networks import D, IMAGE_HW, K, head
+from latent_onnx.contracts import ROLES
 
 DIMS = GraphDims(latent_dim=D, num_classes=K, image_hw=IMAGE_HW)
 
@@ -88,7 +89,10 @@ def test_validation_names_graph_output_and_difference(tmp_path):
     exported, other = head(), head()
     report = export_classifier(exported, DIMS, tmp_path / "classifier.onnx")
     assert report.max_diff["logits"] < 1e-5
-    with pytest.raises(ExportError, match=r"classifier\.onnx failed validation at batch 1: output 'logits' differs from PyTorch by [0-9.e-]+ \(allowed"):
+    with pytest.raises(
+        ExportError,
+        match=r"classifier\.onnx failed validation at batch 1: output 'logits' differs from PyTorch by [0-9.e-]+ \(allowed",
+    ):
         validate_graph(report.path, SPECS["classifier"], DIMS, eager_reference(other.eval(), SPECS["classifier"]))
 
 
@@ -101,14 +105,19 @@ def test_validation_rejects_a_graph_of_another_role(tiny_bundle):
 
 def test_a_network_breaking_the_contract_is_refused(tmp_path):
     too_many_classes = torch.nn.Linear(D, K + 1)
-    with pytest.raises(ExportError, match=r"classifier\.onnx: output 'logits' has shape \['batch', 4\], the contract says"):
+    with pytest.raises(
+        ExportError, match=r"classifier\.onnx: output 'logits' has shape \['batch', 4\], the contract says"
+    ):
         export_classifier(too_many_classes, DIMS, tmp_path / "classifier.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_network_that_fails_on_contract_shapes_is_named(tmp_path):
     wrong_input_size = torch.nn.Linear(D + 1, K)
-    with pytest.raises(ExportError, match=r"classifier: the network fails on inputs of the contract's shapes \(z \[2, 6\] float32\): RuntimeError"):
+    with pytest.raises(
+        ExportError,
+        match=r"classifier: the network fails on inputs of the contract's shapes \(z \[2, 6\] float32\): RuntimeError",
+    ):
         export_classifier(wrong_input_size, DIMS, tmp_path / "classifier.onnx")
 
 
@@ -131,7 +140,9 @@ def test_gradient_validation_scales_with_the_gradients(tmp_path):
     with torch.no_grad():
         perturbed[0].weight.mul_(1.01)  # gradients 1% off, logp unchanged to float32 precision
     with pytest.raises(ExportError, match=r"output 'grad' differs from PyTorch by"):
-        validate_graph(report.path, SPECS["class_grad"], DIMS, eager_reference(ClassLogp(perturbed).eval(), SPECS["class_grad"]))
+        validate_graph(
+            report.path, SPECS["class_grad"], DIMS, eager_reference(ClassLogp(perturbed).eval(), SPECS["class_grad"])
+        )
 
 
 class Float32Only(torch.nn.Module):

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_networks import CLASSES, D, K, generator_only_spec
 from torch import nn
 
 from export_tools import ExportError
@@ -18,7 +19,6 @@ from export_tools.quantize import LOST_COSINE, MAX_LOGP_RELATIVE_ERROR, MIN_MEDI
 from export_tools.specs import SPECS, GraphDims
 from export_tools.validate import check_signature, open_session
 from latent_onnx import Pipeline
-from tiny_networks import CLASSES, D, K, generator_only_spec
 
 DIMS = GraphDims(latent_dim=D, num_classes=K)
 
@@ -55,11 +55,16 @@ def test_int8_class_grad_keeps_the_contract_and_records_its_figures(int8_bundle)
     assert "MatMulInteger" in {node.op_type for node in model.graph.node}
     assert not any(node.op_type == "MatMul" for node in model.graph.node)  # every weight product is int8
     onnx.checker.check_model(model)
-    assert model.ir_version == 9 and [o.version for o in model.opset_import if o.domain == ""] == [SPECS["class_grad"].opset]
+    assert model.ir_version == 9 and [o.version for o in model.opset_import if o.domain == ""] == [
+        SPECS["class_grad"].opset
+    ]
     check_signature(open_session(path), SPECS["class_grad"], DIMS)
     figures = report.manifest["provenance"]["precision"]["class_grad"]
     assert figures == report.precision["class_grad"] and figures["weights"] == "int8"
-    assert figures["grad_cosine_median"] >= MIN_MEDIAN_GRAD_COSINE and figures["logp_relative_error"] <= MAX_LOGP_RELATIVE_ERROR
+    assert (
+        figures["grad_cosine_median"] >= MIN_MEDIAN_GRAD_COSINE
+        and figures["logp_relative_error"] <= MAX_LOGP_RELATIVE_ERROR
+    )
     assert figures["grad_cosine_min"] >= LOST_COSINE and figures["grad_lost_fraction"] == 0.0
     assert 0 < figures["grad_relative_error"] < 0.1  # quantised: not the float32 graph, but close to it
     assert report.manifest["graphs"]["class_grad"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -87,9 +92,12 @@ def test_a_network_int8_cannot_represent_is_refused_with_the_figures(tmp_path):
     torch.manual_seed(0)
     export_class_grad(CancellingHead(), DIMS, tmp_path / "class_grad.onnx")
     before = (tmp_path / "class_grad.onnx").read_bytes()
-    with pytest.raises(ExportError, match=r"class_grad\.onnx \(int8\) failed validation against float32 at batches "
-                                          r"\(1, 8\): median gradient cosine -?[0-9.]+ \(needs >= 0\.99\), min gradient cosine -?[0-9.]+ \(needs >= 0\.9\), "
-                                          r"logp relative error [0-9.]+ \(allowed 0\.1\), gradient relative error "):
+    with pytest.raises(
+        ExportError,
+        match=r"class_grad\.onnx \(int8\) failed validation against float32 at batches "
+        r"\(1, 8\): median gradient cosine -?[0-9.]+ \(needs >= 0\.99\), min gradient cosine -?[0-9.]+ \(needs >= 0\.9\), "
+        r"logp relative error [0-9.]+ \(allowed 0\.1\), gradient relative error ",
+    ):
         quantize_int8(tmp_path / "class_grad.onnx", tmp_path / "class_grad.onnx", "class_grad", DIMS)
     assert (tmp_path / "class_grad.onnx").read_bytes() == before  # the float32 graph is left as it was
     assert sorted(p.name for p in tmp_path.iterdir()) == ["class_grad.onnx"]
@@ -112,20 +120,27 @@ def test_auto_precision_keeps_float32_when_int8_fails_and_records_why(tmp_path):
     recorded = report.manifest["provenance"]["precision"]["class_grad"]
     assert recorded["weights"] == "float32" and "median gradient cosine" in recorded["int8_refused"]
     assert any(line.startswith("class_grad: kept float32 weights, int8 did not pass its check") for line in lines)
-    assert Pipeline.from_bundle(report.path, device="cpu").generate(classes="sneaker", n=1, seed=0, steps=2).z.shape == (1, D)
+    assert Pipeline.from_bundle(report.path, device="cpu").generate(
+        classes="sneaker", n=1, seed=0, steps=2
+    ).z.shape == (1, D)
 
 
 def test_auto_precision_takes_int8_when_it_passes(tmp_path):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, K))
-    report = write_bundle(tmp_path / "bundle", generator_only_spec(head=net, classes=CLASSES, class_grad_precision="auto"))
+    report = write_bundle(
+        tmp_path / "bundle", generator_only_spec(head=net, classes=CLASSES, class_grad_precision="auto")
+    )
     assert report.manifest["provenance"]["precision"]["class_grad"]["weights"] == "int8"
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(class_grad_precision="int4"), r"class_grad_precision must be one of \('float32', 'int8', 'auto'\)"),
-    (dict(class_grad_precision="int8"), "needs a head"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(class_grad_precision="int4"), r"class_grad_precision must be one of \('float32', 'int8', 'auto'\)"),
+        (dict(class_grad_precision="int8"), "needs a head"),
+    ],
+)
 def test_bad_precision_options_are_refused(tmp_path, changes, message):
     with pytest.raises(ExportError, match=message):
         write_bundle(tmp_path / "bundle", generator_only_spec(**changes))

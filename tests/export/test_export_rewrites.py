@@ -9,13 +9,13 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
+from tiny_networks import D, K
 from torch import nn
 
 from export_tools.export import export_class_grad
 from export_tools.quantize import int8_dynamic_model
 from export_tools.rewrites import matmul_weights_model, multiply_by_masks, normalise_rows, share_transposed_weights
 from export_tools.specs import GraphDims
-from tiny_networks import D, K
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((6, 5)).astype(np.float32)  # [N, K]: used as x @ W.T
@@ -38,15 +38,19 @@ def _run(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
 def _products_model(x_rank: int = 2) -> onnx.ModelProto:
     """x [B, 5] (or [B, 3, 5]) -> (x @ W.T through Transpose, Gemm(x, W_back.T) + bias)."""
     dims = ["B", 5] if x_rank == 2 else ["B", 3, 5]
-    nodes = [helper.make_node("Transpose", ["W"], ["W_t"], perm=[1, 0]),
-             helper.make_node("MatMul", ["x", "W_t"], ["forward"])]
+    nodes = [
+        helper.make_node("Transpose", ["W"], ["W_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "W_t"], ["forward"]),
+    ]
     outputs = [helper.make_tensor_value_info("forward", TensorProto.FLOAT, [*dims[:-1], 6])]
     initializers = [numpy_helper.from_array(W, "W")]
     if x_rank == 2:
         nodes.append(helper.make_node("Gemm", ["x", "W_back_t", "bias"], ["back"], transB=1))
         outputs.append(helper.make_tensor_value_info("back", TensorProto.FLOAT, ["B", 7]))
-        initializers += [numpy_helper.from_array(W_BACK.T.copy(), "W_back_t"),
-                         numpy_helper.from_array(np.arange(7, dtype=np.float32), "bias")]
+        initializers += [
+            numpy_helper.from_array(W_BACK.T.copy(), "W_back_t"),
+            numpy_helper.from_array(np.arange(7, dtype=np.float32), "bias"),
+        ]
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], outputs, initializers)
 
 
@@ -78,11 +82,18 @@ def test_exported_gradient_graph_holds_each_weight_once(tmp_path):
 
 def test_multiply_by_masks_replaces_where_with_the_same_results():
     """Where(a <= 0, 0, g) (autograd's ReLU backward) and Where(c, 0, g) of any other condition."""
-    nodes = [helper.make_node("LessOrEqual", ["a", "zero"], ["le"]), helper.make_node("Where", ["le", "zero", "g"], ["y"]),
-             helper.make_node("Where", ["c", "zero", "g"], ["y2"])]
+    nodes = [
+        helper.make_node("LessOrEqual", ["a", "zero"], ["le"]),
+        helper.make_node("Where", ["le", "zero", "g"], ["y"]),
+        helper.make_node("Where", ["c", "zero", "g"], ["y2"]),
+    ]
     matrix = lambda name, kind=TensorProto.FLOAT: helper.make_tensor_value_info(name, kind, ["B", 5])  # noqa: E731
-    model = _model(nodes, [matrix("a"), matrix("g"), matrix("c", TensorProto.BOOL)], [matrix("y"), matrix("y2")],
-                   [numpy_helper.from_array(np.float32(0), "zero")])
+    model = _model(
+        nodes,
+        [matrix("a"), matrix("g"), matrix("c", TensorProto.BOOL)],
+        [matrix("y"), matrix("y2")],
+        [numpy_helper.from_array(np.float32(0), "zero")],
+    )
     masked = multiply_by_masks(model)
     assert sorted(n.op_type for n in masked.graph.node) == ["Cast", "Cast", "Greater", "Mul", "Mul", "Not"]
     a = np.maximum(RNG.standard_normal((4, 5)), 0).astype(np.float32)  # a ReLU output: many exact zeros

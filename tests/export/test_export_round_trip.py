@@ -11,11 +11,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_networks import CLASSES, CONVENTION, IMAGE_HW, VOCABULARY, D, T
 from torch import distributions as dist
 
-from export_tools.export import ClassLogp, ClassifierOnGenerator
+from export_tools.export import ClassifierOnGenerator, ClassLogp
 from latent_onnx import Pipeline
-from tiny_networks import CLASSES, CONVENTION, D, IMAGE_HW, T, VOCABULARY
 
 STEPS = 12
 SETTINGS = dict(steps=STEPS, eps1=0.02, eps1_final=0.005, eps2=1e-3, prior_weight=0.2, condition_scale=8.0)
@@ -48,8 +48,16 @@ def torch_sgld(spec, logp, init_z, noise, normalize_grad=False) -> list[np.ndarr
 
 def runtime_sgld(pipe, init_z, noise, **options) -> tuple[list[np.ndarray], object]:
     trajectory = []
-    result = pipe.generate(n=len(init_z), seed=0, batch_size=2, init_z=init_z, noise=noise,
-                           callback=lambda step, total, z: trajectory.append(z.copy()), **SETTINGS, **options)
+    result = pipe.generate(
+        n=len(init_z),
+        seed=0,
+        batch_size=2,
+        init_z=init_z,
+        noise=noise,
+        callback=lambda step, total, z: trajectory.append(z.copy()),
+        **SETTINGS,
+        **options,
+    )
     return trajectory, result
 
 
@@ -94,8 +102,13 @@ def test_caption_conditioned_sampling_matches_pytorch(tiny_bundle, pipe, injecte
     tokens = torch.tensor([[VOCABULARY.index("a"), VOCABULARY.index("red"), VOCABULARY.index("bag"), 0]])
     mask = torch.ones(1, T)
     assert T == 4
-    reference = torch_sgld(spec, lambda z: spec.captioner.eval()(z, tokens.expand(len(z), -1), mask.expand(len(z), -1)),
-                           init_z, noise, normalize_grad=True)
+    reference = torch_sgld(
+        spec,
+        lambda z: spec.captioner.eval()(z, tokens.expand(len(z), -1), mask.expand(len(z), -1)),
+        init_z,
+        noise,
+        normalize_grad=True,
+    )
     runtime, _ = runtime_sgld(pipe, init_z, noise, caption="A red bag.", normalize_grad=True)
     assert_same_trajectory(runtime, reference)
 

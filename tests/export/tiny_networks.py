@@ -97,15 +97,28 @@ def tiny_spec(seed: int = 0) -> BundleSpec:
     """A BundleSpec with every graph role, a mixture prior, a Gaussian init and a clip range."""
     torch.manual_seed(seed)
     return BundleSpec(
-        name="tiny", latent_dim=D, image_hw=IMAGE_HW,
-        generator=Generator(), generator_convention=CONVENTION,
-        description="tiny test bundle", license="MIT",
-        prior=mixture_prior(seed), init=GaussianPrior(0.0, 0.8), clip=(-3.0, 3.0),
-        classes=CLASSES, vocabulary=VOCABULARY, max_tokens=T,
-        head=head(), captioner=Captioner(), encoder=Encoder(), image_classifier=ImageClassifier(),
+        name="tiny",
+        latent_dim=D,
+        image_hw=IMAGE_HW,
+        generator=Generator(),
+        generator_convention=CONVENTION,
+        description="tiny test bundle",
+        license="MIT",
+        prior=mixture_prior(seed),
+        init=GaussianPrior(0.0, 0.8),
+        clip=(-3.0, 3.0),
+        classes=CLASSES,
+        vocabulary=VOCABULARY,
+        max_tokens=T,
+        head=head(),
+        captioner=Captioner(),
+        encoder=Encoder(),
+        image_classifier=ImageClassifier(),
         sampler={"steps": 12, "eps1": 0.05, "eps2": 1e-3},
-        presets={"paper": {"eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0, "clip": None},
-                 "wide": {"clip": (-5.0, 5.0)}},
+        presets={
+            "paper": {"eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0, "clip": None},
+            "wide": {"clip": (-5.0, 5.0)},
+        },
         provenance={"recipe": "tests/export/tiny_networks.py"},
     )
 
@@ -113,6 +126,7 @@ def tiny_spec(seed: int = 0) -> BundleSpec:
 def generator_only_spec(**changes) -> BundleSpec:
     """A bundle with just a generator (fast to write); `changes` override BundleSpec fields."""
     torch.manual_seed(0)
-    fields = dict(name="tiny-generator", latent_dim=D, image_hw=IMAGE_HW, generator=Generator(),
-                  generator_convention=CONVENTION)
+    fields = dict(
+        name="tiny-generator", latent_dim=D, image_hw=IMAGE_HW, generator=Generator(), generator_convention=CONVENTION
+    )
     return BundleSpec(**{**fields, **changes})

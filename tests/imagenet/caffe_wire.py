@@ -53,7 +53,11 @@ def caffemodel(layers: dict[str, list[np.ndarray]], version: str = "v2", blob_st
     for name, blobs in layers.items():
         encoded = [blob(b, blob_style) for b in blobs]
         if version == "v2":
-            body = length_field(1, name.encode()) + length_field(2, b"Layer") + b"".join(length_field(7, b) for b in encoded)
+            body = (
+                length_field(1, name.encode())
+                + length_field(2, b"Layer")
+                + b"".join(length_field(7, b) for b in encoded)
+            )
             out += length_field(100, body)
         elif version == "v1":
             body = varint_field(5, 14) + length_field(4, name.encode()) + b"".join(length_field(6, b) for b in encoded)

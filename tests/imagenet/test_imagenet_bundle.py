@@ -10,9 +10,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from caffe_wire import caffemodel
 from PIL import Image
 
-from caffe_wire import caffemodel
 from export_tools.cli import main as export_main
 from export_tools.convert.imagenet_bundle import ImageNetOptions, ImageNetSources, imagenet_spec
 from export_tools.nets.caffenet import CaffeNetEncoder, CaffeNetHead
@@ -40,7 +40,9 @@ def reference(tmp_path_factory):
     """Random-weight reference networks, their weights files, and the bundle converted from those files."""
     torch.manual_seed(0)
     nets = {
-        "generator": DeePSiMGenerator(WIDTH), "encoder": CaffeNetEncoder(WIDTH), "head": CaffeNetHead(WIDTH),
+        "generator": DeePSiMGenerator(WIDTH),
+        "encoder": CaffeNetEncoder(WIDTH),
+        "head": CaffeNetHead(WIDTH),
         "captioner": LRCNCaptioner(CaffeNetHead(WIDTH), vocabulary=len(WORDS) + 1, width=WIDTH),
     }
     for net in nets.values():
@@ -48,16 +50,20 @@ def reference(tmp_path_factory):
             torch.nn.init.normal_(param, std=0.05)
     root = tmp_path_factory.mktemp("imagenet")
     files = {
-        "generator": root / "generator.caffemodel", "classifier": root / "bvlc_reference_caffenet.caffemodel",
-        "captioner": root / "lrcn_caffenet_iter_110000.caffemodel", "vocabulary": root / "vocabulary.txt",
+        "generator": root / "generator.caffemodel",
+        "classifier": root / "bvlc_reference_caffenet.caffemodel",
+        "captioner": root / "lrcn_caffenet_iter_110000.caffemodel",
+        "vocabulary": root / "vocabulary.txt",
     }
     files["generator"].write_bytes(caffemodel(_blobs(nets["generator"])))
     files["classifier"].write_bytes(caffemodel(_blobs(nets["encoder"], nets["head"]), "v1", "legacy"))
     files["captioner"].write_bytes(caffemodel(_blobs(nets["captioner"])))
     files["vocabulary"].write_text("\n".join(WORDS) + "\n")
     bundle = root / "bundle"
-    _run(export_main, ["imagenet", "convert", str(bundle), "--cache", str(root), "--width", str(WIDTH),
-                       "--max-tokens", str(TOKENS)])
+    _run(
+        export_main,
+        ["imagenet", "convert", str(bundle), "--cache", str(root), "--width", str(WIDTH), "--max-tokens", str(TOKENS)],
+    )
     return nets, files, bundle
 
 
@@ -94,8 +100,14 @@ def test_converted_graphs_reproduce_the_reference_networks(reference):
 def test_manifest_has_the_paper_preset_clip_classes_and_vocabulary(reference):
     _, files, bundle = reference
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["presets"]["paper"] == {"eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0, "eps1_final": None,
-                                            "normalize_grad": False, "clip": None}  # the paper did not clip
+    assert manifest["presets"]["paper"] == {
+        "eps1": 1e-3,
+        "eps2": 1e-8,
+        "prior_weight": 0.0,
+        "eps1_final": None,
+        "normalize_grad": False,
+        "clip": None,
+    }  # the paper did not clip
     assert manifest["sampler"]["normalize_grad"] is True and manifest["sampler"]["eps1"] == 1.0  # PPGN's step
     assert manifest["latent"]["clip"] == [0.0, 30.0] and manifest["latent"]["prior"]["std"] == 1.0
     assert manifest["image"]["height"] == 256
@@ -107,16 +119,55 @@ def test_manifest_has_the_paper_preset_clip_classes_and_vocabulary(reference):
 
 def test_generate_goldfinch_and_a_caption_end_to_end(reference, tmp_path):
     _, _, bundle = reference
-    for condition in (["--class", "goldfinch"], ["--caption", "a red bird on a branch."], ["--class", "11", "--preset", "paper"]):
+    for condition in (
+        ["--class", "goldfinch"],
+        ["--caption", "a red bird on a branch."],
+        ["--class", "11", "--preset", "paper"],
+    ):
         out = tmp_path / condition[1].replace(" ", "_")
-        _run(runtime_main, ["generate", "--bundle", str(bundle), *condition, "-n", "2", "--steps", "3",
-                            "--seed", "5", "--out", str(out), "--json"])
+        _run(
+            runtime_main,
+            [
+                "generate",
+                "--bundle",
+                str(bundle),
+                *condition,
+                "-n",
+                "2",
+                "--steps",
+                "3",
+                "--seed",
+                "5",
+                "--out",
+                str(out),
+                "--json",
+            ],
+        )
         images = sorted(out.glob("*.png"))
         assert len(images) == 2
         assert Image.open(images[0]).size == (256, 256)
     start = tmp_path / "from_image"  # through the encoder graph
-    _run(runtime_main, ["generate", "--bundle", str(bundle), "--class", "goldfinch", "--init-image", str(images[0]),
-                        "-n", "1", "--steps", "2", "--seed", "5", "--out", str(start), "--json"])
+    _run(
+        runtime_main,
+        [
+            "generate",
+            "--bundle",
+            str(bundle),
+            "--class",
+            "goldfinch",
+            "--init-image",
+            str(images[0]),
+            "-n",
+            "1",
+            "--steps",
+            "2",
+            "--seed",
+            "5",
+            "--out",
+            str(start),
+            "--json",
+        ],
+    )
     assert len(list(start.glob("*.png"))) == 1
 
 
@@ -124,10 +175,44 @@ def test_generate_goldfinch_and_a_caption_end_to_end(reference, tmp_path):
 def test_composite_path_exports_and_samples(reference, tmp_path):
     _, files, _ = reference
     bundle = tmp_path / "composite"
-    _run(export_main, ["imagenet", "convert", str(bundle), "--generator", str(files["generator"]), "--classifier",
-                       str(files["classifier"]), "--composite", "--no-encoder", "--crop", "--width", str(WIDTH)])
-    _run(runtime_main, ["generate", "--bundle", str(bundle), "--class", "goldfinch", "--path", "composite", "-n", "1",
-                        "--steps", "2", "--seed", "1", "--out", str(tmp_path / "out"), "--json"])
+    _run(
+        export_main,
+        [
+            "imagenet",
+            "convert",
+            str(bundle),
+            "--generator",
+            str(files["generator"]),
+            "--classifier",
+            str(files["classifier"]),
+            "--composite",
+            "--no-encoder",
+            "--crop",
+            "--width",
+            str(WIDTH),
+        ],
+    )
+    _run(
+        runtime_main,
+        [
+            "generate",
+            "--bundle",
+            str(bundle),
+            "--class",
+            "goldfinch",
+            "--path",
+            "composite",
+            "-n",
+            "1",
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+    )
     (image,) = (tmp_path / "out").glob("*.png")
     assert Image.open(image).size == (227, 227)
 
@@ -135,13 +220,45 @@ def test_composite_path_exports_and_samples(reference, tmp_path):
 def test_int8_conversion_quantises_class_grad_and_generates(reference, tmp_path):
     _, files, _ = reference
     bundle = tmp_path / "int8"
-    _run(export_main, ["imagenet", "convert", str(bundle), "--generator", str(files["generator"]), "--classifier",
-                       str(files["classifier"]), "--no-encoder", "--precision", "int8", "--width", str(WIDTH)])
+    _run(
+        export_main,
+        [
+            "imagenet",
+            "convert",
+            str(bundle),
+            "--generator",
+            str(files["generator"]),
+            "--classifier",
+            str(files["classifier"]),
+            "--no-encoder",
+            "--precision",
+            "int8",
+            "--width",
+            str(WIDTH),
+        ],
+    )
     precision = json.loads((bundle / "manifest.json").read_text())["provenance"]["precision"]["class_grad"]
     assert precision["weights"] == "int8" and precision["grad_cosine_median"] >= 0.99
     assert "MatMulInteger" in {node.op_type for node in onnx.load(bundle / "class_grad.onnx").graph.node}
-    _run(runtime_main, ["generate", "--bundle", str(bundle), "--class", "goldfinch", "-n", "2", "--steps", "3",
-                        "--seed", "1", "--out", str(tmp_path / "out"), "--json"])
+    _run(
+        runtime_main,
+        [
+            "generate",
+            "--bundle",
+            str(bundle),
+            "--class",
+            "goldfinch",
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+    )
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
 
 
@@ -157,8 +274,19 @@ def test_weights_of_the_wrong_architecture_are_refused_and_nothing_is_written(re
     _, files, _ = reference
     out = tmp_path / "full-size"
     with pytest.raises(SystemExit) as exit_info:  # narrow weights given to the published (width 1) networks
-        export_main(["imagenet", "convert", str(out), "--generator", str(files["generator"]),
-                     "--classifier", str(files["classifier"])])
+        export_main(
+            [
+                "imagenet",
+                "convert",
+                str(out),
+                "--generator",
+                str(files["generator"]),
+                "--classifier",
+                str(files["classifier"]),
+            ]
+        )
     assert exit_info.value.code == 6
-    assert "layer defc7 blob 0 has shape (256, 256), the DeePSiMGenerator expects (4096, 4096)" in capsys.readouterr().err
+    assert (
+        "layer defc7 blob 0 has shape (256, 256), the DeePSiMGenerator expects (4096, 4096)" in capsys.readouterr().err
+    )
     assert list(tmp_path.iterdir()) == []

@@ -54,7 +54,7 @@ class _Server:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "_Server":
+    def __enter__(self) -> _Server:
         self.thread.start()
         return self
 
@@ -97,9 +97,11 @@ def test_download_cut_short_keeps_the_part_file_and_resumes(tmp_path):
 def test_download_of_a_corrupted_file_is_refused_and_deleted(tmp_path):
     corrupted = bytearray(PAYLOAD)
     corrupted[1234] ^= 0xFF
-    with _Server({"/w.bin": bytes(corrupted)}) as server:
-        with pytest.raises(ExportError, match="sha256 .* expected .*corrupt"):
-            download(f"{server.url}/w.bin", "w.bin", tmp_path, _sha256(PAYLOAD), show_progress=False)
+    with (
+        _Server({"/w.bin": bytes(corrupted)}) as server,
+        pytest.raises(ExportError, match="sha256 .* expected .*corrupt"),
+    ):
+        download(f"{server.url}/w.bin", "w.bin", tmp_path, _sha256(PAYLOAD), show_progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -110,9 +112,8 @@ def test_download_without_a_digest_or_with_a_bad_url_is_refused(tmp_path):
         download_published("deepsim-fc6", tmp_path, show_progress=False)
     with pytest.raises(ExportError, match="64 hex digits"):
         download_published("deepsim-fc6", tmp_path, sha256="abc", show_progress=False)
-    with _Server({}) as server:
-        with pytest.raises(ExportError, match="HTTP 404"):
-            download(f"{server.url}/missing", "m", tmp_path, _sha256(b""), show_progress=False)
+    with _Server({}) as server, pytest.raises(ExportError, match="HTTP 404"):
+        download(f"{server.url}/missing", "m", tmp_path, _sha256(b""), show_progress=False)
 
 
 def test_download_command_lists_files_and_checks_pins(capsys):

@@ -42,8 +42,10 @@ def test_lrcn_log_probability_matches_a_reference_lstm():
     hidden = captioner.hidden
     lstm1, lstm2 = nn.LSTMCell(hidden, hidden), nn.LSTMCell(hidden + 1000, hidden)  # lstm2 reads [lstm1, fc8]
     with torch.no_grad():
-        for cell, caffe, w_ih in ((lstm1, captioner.lstm1, captioner.lstm1.W_xc),
-                                  (lstm2, captioner.lstm2, torch.cat([captioner.lstm2.W_xc, captioner.lstm2.W_xc_static], 1))):
+        for cell, caffe, w_ih in (
+            (lstm1, captioner.lstm1, captioner.lstm1.W_xc),
+            (lstm2, captioner.lstm2, torch.cat([captioner.lstm2.W_xc, captioner.lstm2.W_xc_static], 1)),
+        ):
             cell.weight_ih.copy_(_torch_gate_order(w_ih))
             cell.weight_hh.copy_(_torch_gate_order(caffe.W_hc))
             cell.bias_ih.copy_(_torch_gate_order(caffe.b_c))

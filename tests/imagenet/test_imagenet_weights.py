@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from caffe_wire import caffemodel
+
 from export_tools import ExportError
 from export_tools.convert.caffemodel import parse_caffemodel
 from export_tools.convert.weights import load_caffe_weights, read_weights
@@ -56,7 +56,9 @@ def test_wrong_architecture_names_the_layer_and_shapes():
     head = CaffeNetHead(width=16)
     blobs = {name: [p.detach().numpy() for p in params] for name, params in head.caffe_layers().items()}
     blobs["fc7"][0] = np.zeros((256, 255), np.float32)
-    with pytest.raises(ExportError, match=r"layer fc7 blob 0 has shape \(256, 255\), the CaffeNetHead expects \(256, 256\)"):
+    with pytest.raises(
+        ExportError, match=r"layer fc7 blob 0 has shape \(256, 255\), the CaffeNetHead expects \(256, 256\)"
+    ):
         load_caffe_weights(head, blobs, "w.caffemodel")
     with pytest.raises(ExportError, match="layer defc7 is missing"):
         load_caffe_weights(DeePSiMGenerator(width=16), blobs, "caffenet.caffemodel")
@@ -66,11 +68,15 @@ def test_state_dict_port_and_caffemodel_give_the_same_generator(tmp_path):
     torch.manual_seed(0)
     reference = DeePSiMGenerator(width=16)
     # A port's state dict: nn.Sequential named after the Caffe layers, saved under the "G." prefix.
-    state = {f"G.{name}.{kind}": p.detach().clone()
-             for name, params in reference.caffe_layers().items() for kind, p in zip(("weight", "bias"), params)}
+    state = {
+        f"G.{name}.{kind}": p.detach().clone()
+        for name, params in reference.caffe_layers().items()
+        for kind, p in zip(("weight", "bias"), params)
+    }
     torch.save(state, tmp_path / "upconvGAN_fc6.pt")
-    (tmp_path / "generator.caffemodel").write_bytes(caffemodel(
-        {n: [p.detach().numpy() for p in ps] for n, ps in reference.caffe_layers().items()}))
+    (tmp_path / "generator.caffemodel").write_bytes(
+        caffemodel({n: [p.detach().numpy() for p in ps] for n, ps in reference.caffe_layers().items()})
+    )
     z = torch.randn(2, reference.code_dim)
     for file in ("upconvGAN_fc6.pt", "generator.caffemodel"):
         converted = DeePSiMGenerator(width=16)

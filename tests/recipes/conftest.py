@@ -26,7 +26,7 @@ def tiny_dataset(tmp_path_factory):
         images = np.zeros((count, 28, 28), dtype=np.uint8)
         for i, label in enumerate(labels):
             top, left = 2 + 2 * (label // 5) * 5, 2 + 4 * (label % 5)
-            images[i, top:top + 10, left:left + 8] = rng.integers(150, 256)
+            images[i, top : top + 10, left : left + 8] = rng.integers(150, 256)
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root

@@ -1,8 +1,14 @@
 import numpy as np
 import torch
 
-from export_tools.recipes.evaluator import (EvaluatorNet, Judge, frechet_distance, mean_pairwise_distance,
-                                            random_shift, score)
+from export_tools.recipes.evaluator import (
+    EvaluatorNet,
+    Judge,
+    frechet_distance,
+    mean_pairwise_distance,
+    random_shift,
+    score,
+)
 from export_tools.recipes.fashion import parse_overrides
 
 

@@ -16,9 +16,16 @@ def pipe():
 def test_default_bundle_is_fashion_colors_with_tuned_defaults(pipe):
     assert pipe.bundle.name == "fashion-colors"
     assert {key: pipe.bundle.sampler[key] for key in SAMPLER_DEFAULTS} == SAMPLER_DEFAULTS
-    assert pipe.sampler_config().start == "conditioned" and pipe.sampler_config("paper").start == "init"
-    assert set(pipe.bundle.graphs) == {"generator", "classifier", "class_grad", "caption_grad", "encoder",
-                                       "composite_class_grad"}
+    assert pipe.bundle.prior.describe() == "gaussian N(0, 1^2 I)"  # the flow's space: exactly N(0, I)
+    assert pipe.sampler_config().start == "init" and pipe.sampler_config("paper").prior_weight == 0.0
+    assert set(pipe.bundle.graphs) == {
+        "generator",
+        "classifier",
+        "class_grad",
+        "caption_grad",
+        "encoder",
+        "composite_class_grad",
+    }
 
 
 def test_class_names_and_simple_captions_are_understood(pipe):
@@ -39,6 +46,15 @@ def test_class_samples_are_that_class_for_the_bundle_classifier(pipe):
     result = pipe.generate(classes="ankle boot", n=8, seed=1, batch_size=8)
     logits = pipe.runner("classifier").run(z=result.z)["logits"]
     assert (logits.argmax(1) == CLASS_NAMES.index("ankle boot")).mean() >= 0.75
+
+
+def test_the_steps_do_the_work_start_is_chance_and_chains_cross_between_classes(pipe):
+    start = pipe.generate(classes="trouser", n=40, seed=3, batch_size=40, steps=0)
+    trousers = pipe.runner("classifier").run(z=start.z)["logits"].argmax(1) == CLASS_NAMES.index("trouser")
+    assert trousers.mean() < 0.4  # the start is a draw from N(0, I), not a trouser
+    bags = pipe.generate(classes="bag", n=16, seed=3, batch_size=16)
+    crossed = pipe.generate(classes="trouser", n=16, seed=4, batch_size=16, init_z=bags.z)
+    assert (pipe.runner("classifier").run(z=crossed.z)["logits"].argmax(1) == CLASS_NAMES.index("trouser")).mean() >= 0.75
 
 
 @pytest.mark.parametrize("colour", ["red", "blue", "green"])

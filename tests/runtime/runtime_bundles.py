@@ -80,23 +80,31 @@ def build_graphs(weights: dict[str, np.ndarray]) -> dict[str, onnx.ModelProto]:
         helper.make_node("Sigmoid", ["pre"], ["sig"]),
     ]
     generator = _model(
-        pre_nodes + [
+        pre_nodes
+        + [
             helper.make_node("Mul", ["sig", "c255"], ["scaled"]),
             helper.make_node("Round", ["scaled"], ["rounded"]),
             helper.make_node("Cast", ["rounded"], ["flat"], to=TensorProto.UINT8),
             helper.make_node("Reshape", ["flat", "shape"], ["image"]),
         ],
-        [z_in], [_io("image", TensorProto.UINT8, [batch, H, W, 3])],
-        [_const("Wg", weights["Wg"]), _const("bg", weights["bg"]), _const("c255", np.float32(255.0)),
-         _const("shape", np.array([-1, H, W, 3], dtype=np.int64))],
+        [z_in],
+        [_io("image", TensorProto.UINT8, [batch, H, W, 3])],
+        [
+            _const("Wg", weights["Wg"]),
+            _const("bg", weights["bg"]),
+            _const("c255", np.float32(255.0)),
+            _const("shape", np.array([-1, H, W, 3], dtype=np.int64)),
+        ],
     )
     head = [helper.make_node("MatMul", ["z", "Wc"], ["l0"]), helper.make_node("Add", ["l0", "bc"], ["logits"])]
     head_init = [_const("Wc", weights["Wc"]), _const("bc", weights["bc"])]
     classifier = _model(head, [z_in], [_io("logits", f32, [batch, K])], head_init)
     class_grad = _model(
-        head + [helper.make_node("ReduceSum", ["weights", "axis1"], ["wsum"], keepdims=1)]
+        head
+        + [helper.make_node("ReduceSum", ["weights", "axis1"], ["wsum"], keepdims=1)]
         + _softmax_grad_nodes("logits", "weights", "wsum", "WcT", "grad"),
-        [z_in, _io("weights", f32, [batch, K])], grad_outputs,
+        [z_in, _io("weights", f32, [batch, K])],
+        grad_outputs,
         head_init + [_const("WcT", weights["Wc"].T.copy()), axis1],
     )
     caption_grad = _model(
@@ -107,11 +115,18 @@ def build_graphs(weights: dict[str, np.ndarray]) -> dict[str, onnx.ModelProto]:
             helper.make_node("Mul", ["onehot", "mask3"], ["masked"]),
             helper.make_node("ReduceSum", ["masked", "axis1"], ["counts"], keepdims=0),
             helper.make_node("ReduceSum", ["mask", "axis1"], ["msum"], keepdims=1),
-        ] + _softmax_grad_nodes("vlogits", "counts", "msum", "WvT", "grad"),
-        [z_in, _io("tokens", TensorProto.INT64, [batch, T]), _io("mask", f32, [batch, T])], grad_outputs,
-        [_const("Wv", weights["Wv"]), _const("WvT", weights["Wv"].T.copy()), axis1,
-         _const("axis2", np.array([2], dtype=np.int64)), _const("depth", np.array([len(VOCABULARY)], dtype=np.int64)),
-         _const("onehot_values", np.array([0.0, 1.0], dtype=np.float32))],
+        ]
+        + _softmax_grad_nodes("vlogits", "counts", "msum", "WvT", "grad"),
+        [z_in, _io("tokens", TensorProto.INT64, [batch, T]), _io("mask", f32, [batch, T])],
+        grad_outputs,
+        [
+            _const("Wv", weights["Wv"]),
+            _const("WvT", weights["Wv"].T.copy()),
+            axis1,
+            _const("axis2", np.array([2], dtype=np.int64)),
+            _const("depth", np.array([len(VOCABULARY)], dtype=np.int64)),
+            _const("onehot_values", np.array([0.0, 1.0], dtype=np.float32)),
+        ],
     )
     encoder = _model(
         [
@@ -120,26 +135,47 @@ def build_graphs(weights: dict[str, np.ndarray]) -> dict[str, onnx.ModelProto]:
             helper.make_node("Div", ["flat", "c255"], ["unit"]),
             helper.make_node("MatMul", ["unit", "We"], ["z"]),
         ],
-        [_io("image", TensorProto.UINT8, [batch, H, W, 3])], [_io("z", f32, [batch, D])],
-        [_const("We", weights["We"]), _const("c255", np.float32(255.0)), _const("flat_shape", np.array([-1, PIXELS], dtype=np.int64))],
+        [_io("image", TensorProto.UINT8, [batch, H, W, 3])],
+        [_io("z", f32, [batch, D])],
+        [
+            _const("We", weights["We"]),
+            _const("c255", np.float32(255.0)),
+            _const("flat_shape", np.array([-1, PIXELS], dtype=np.int64)),
+        ],
     )
     composite = _model(
-        pre_nodes + [
+        pre_nodes
+        + [
             helper.make_node("MatMul", ["sig", "Wi"], ["logits"]),
             helper.make_node("ReduceSum", ["weights", "axis1"], ["wsum"], keepdims=1),
-        ] + _softmax_grad_nodes("logits", "weights", "wsum", "WiT", "dsig") + [
+        ]
+        + _softmax_grad_nodes("logits", "weights", "wsum", "WiT", "dsig")
+        + [
             helper.make_node("Sub", ["one", "sig"], ["one_minus"]),
             helper.make_node("Mul", ["sig", "one_minus"], ["dsig_dpre"]),
             helper.make_node("Mul", ["dsig", "dsig_dpre"], ["dpre"]),
             helper.make_node("MatMul", ["dpre", "WgT"], ["grad"]),
         ],
-        [z_in, _io("weights", f32, [batch, K])], grad_outputs,
-        [_const("Wg", weights["Wg"]), _const("bg", weights["bg"]), _const("Wi", weights["Wi"]),
-         _const("WiT", weights["Wi"].T.copy()), _const("WgT", weights["Wg"].T.copy()),
-         _const("one", np.float32(1.0)), axis1],
+        [z_in, _io("weights", f32, [batch, K])],
+        grad_outputs,
+        [
+            _const("Wg", weights["Wg"]),
+            _const("bg", weights["bg"]),
+            _const("Wi", weights["Wi"]),
+            _const("WiT", weights["Wi"].T.copy()),
+            _const("WgT", weights["Wg"].T.copy()),
+            _const("one", np.float32(1.0)),
+            axis1,
+        ],
     )
-    return {"generator": generator, "classifier": classifier, "class_grad": class_grad,
-            "caption_grad": caption_grad, "encoder": encoder, "composite_class_grad": composite}
+    return {
+        "generator": generator,
+        "classifier": classifier,
+        "class_grad": class_grad,
+        "caption_grad": caption_grad,
+        "encoder": encoder,
+        "composite_class_grad": composite,
+    }
 
 
 def sha256_file(path: Path) -> str:
@@ -168,7 +204,10 @@ def write_tiny_bundle(root: Path, roles=ALL_ROLES, seed: int = 0, graphs: dict |
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
     (root / "vocab.txt").write_text("\n".join(VOCABULARY) + "\n", encoding="utf-8")
     manifest = {
-        "format": "latent-onnx-bundle", "format_version": 1, "name": "tiny", "description": "tiny test bundle",
+        "format": "latent-onnx-bundle",
+        "format_version": 1,
+        "name": "tiny",
+        "description": "tiny test bundle",
         "license": "MIT",
         "latent": {"dim": D, "prior": {"kind": "gaussian", "mean": 0.0, "std": 1.0}, "clip": None},
         "image": {"height": H, "width": W, "channels": 3},

@@ -118,10 +118,14 @@ def test_a_symlink_leading_out_of_the_bundle_is_refused(tiny_bundle, tmp_path):
 
 def test_graphs_with_external_data_are_refused(tiny_bundle):
     model = build_graphs(tiny_weights())["encoder"]
-    onnx.save_model(model, str(tiny_bundle / "encoder.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        model, str(tiny_bundle / "encoder.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0
+    )
     assert uses_external_data((tiny_bundle / "encoder.onnx").read_bytes())
     assert not uses_external_data((tiny_bundle / "generator.onnx").read_bytes())
-    edit_manifest(tiny_bundle, lambda m: m["graphs"]["encoder"].update(sha256=sha256_file(tiny_bundle / "encoder.onnx")))
+    edit_manifest(
+        tiny_bundle, lambda m: m["graphs"]["encoder"].update(sha256=sha256_file(tiny_bundle / "encoder.onnx"))
+    )
     with pytest.raises(BundleError, match="external data"):
         load_bundle(tiny_bundle).graph_bytes("encoder")
 
@@ -137,16 +141,27 @@ def test_a_graph_that_breaks_its_contract_is_named(tmp_path):
 
 def test_a_graph_whose_dimension_disagrees_with_the_manifest_is_named(tiny_bundle):
     edit_manifest(tiny_bundle, lambda m: m["image"].update(height=8))
-    pipe_error = pytest.raises(BundleError, match=r"graph generator: output 'image' axis 1 is 4, the manifest implies 8")
+    pipe_error = pytest.raises(
+        BundleError, match=r"graph generator: output 'image' axis 1 is 4, the manifest implies 8"
+    )
     with pipe_error:
         Pipeline.from_bundle(tiny_bundle, device="cpu")
 
 
 def test_a_gaussian_mixture_prior_is_loaded_and_checked(tiny_bundle):
     rng = np.random.default_rng(0)
-    arrays = {"weights": np.array([0.5, 0.5]), "means": rng.normal(size=(2, D)), "scale_tril": np.stack([np.eye(D)] * 2)}
+    arrays = {
+        "weights": np.array([0.5, 0.5]),
+        "means": rng.normal(size=(2, D)),
+        "scale_tril": np.stack([np.eye(D)] * 2),
+    }
     np.savez(tiny_bundle / "prior.npz", **arrays)
-    prior = {"kind": "gaussian_mixture", "file": "prior.npz", "sha256": sha256_file(tiny_bundle / "prior.npz"), "components": 2}
+    prior = {
+        "kind": "gaussian_mixture",
+        "file": "prior.npz",
+        "sha256": sha256_file(tiny_bundle / "prior.npz"),
+        "components": 2,
+    }
     edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=prior))
     bundle = load_bundle(tiny_bundle)
     assert isinstance(bundle.prior, GaussianMixturePrior) and bundle.prior.dim == D

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_bundles import edit_manifest
 from PIL import Image
+from runtime_bundles import edit_manifest
 
 from latent_onnx.images import PNG_TEXT_KEY
 
@@ -22,8 +22,23 @@ def _png_parameters(path: Path) -> dict:
 
 
 def test_generate_writes_pngs_with_their_parameters(run, tiny_bundle_template):
-    result = run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "-n", 3, "--seed", 11, "--steps", 5,
-                 "--grid", "--save-trajectory", "chain.gif", "--json")
+    result = run(
+        "generate",
+        "--bundle",
+        tiny_bundle_template,
+        "--class",
+        "sneaker",
+        "-n",
+        3,
+        "--seed",
+        11,
+        "--steps",
+        5,
+        "--grid",
+        "--save-trajectory",
+        "chain.gif",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     files = [Path(s["file"]) for s in summary["samples"]]
@@ -36,24 +51,56 @@ def test_generate_writes_pngs_with_their_parameters(run, tiny_bundle_template):
     assert Path(summary["grid"]).is_file()
     with Image.open("out/chain.gif") as gif:  # a bare file name goes beside the images
         assert gif.n_frames == 5 and gif.size[0] >= 128
-    assert sorted(p.name for p in Path("out").iterdir()) == sorted([f.name for f in files] + ["sneaker-s11-0000-grid.png",
-                                                                                               "chain.gif"])
+    assert sorted(p.name for p in Path("out").iterdir()) == sorted(
+        [f.name for f in files] + ["sneaker-s11-0000-grid.png", "chain.gif"]
+    )
 
-    again = run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "-n", 1, "--seed", 11, "--steps", 5,
-                "--start-index", 2, "--out", "again")
+    again = run(
+        "generate",
+        "--bundle",
+        tiny_bundle_template,
+        "--class",
+        "sneaker",
+        "-n",
+        1,
+        "--seed",
+        11,
+        "--steps",
+        5,
+        "--start-index",
+        2,
+        "--out",
+        "again",
+    )
     assert again.exit_code == 0, again.output
-    np.testing.assert_array_equal(np.asarray(Image.open("again/sneaker-s11-0002.png")), np.asarray(Image.open(files[2])))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open("again/sneaker-s11-0002.png")), np.asarray(Image.open(files[2]))
+    )
 
 
 def test_existing_files_made_otherwise_are_kept_unless_overwrite_is_given(run, tiny_bundle_template):
-    args = ["generate", "--bundle", tiny_bundle_template, "--caption", "a red sneaker", "-n", 1, "--seed", 1, "--steps", 2]
+    args = [
+        "generate",
+        "--bundle",
+        tiny_bundle_template,
+        "--caption",
+        "a red sneaker",
+        "-n",
+        1,
+        "--seed",
+        1,
+        "--steps",
+        2,
+    ]
     assert run(*args).exit_code == 0
     target = Path("out/a-red-sneaker-s1-0000.png")
     before = target.stat().st_mtime_ns
     same = run(*args)  # the same parameters: the file is the one it would make, so it is kept
     assert same.exit_code == 0 and "kept 1 already there" in same.stdout and target.stat().st_mtime_ns == before
     refused = run(*args, "--eps1", 0.01)
-    assert refused.exit_code == 5 and "already exists with other generation parameters; pass --overwrite" in refused.stderr
+    assert (
+        refused.exit_code == 5 and "already exists with other generation parameters; pass --overwrite" in refused.stderr
+    )
     assert target.stat().st_mtime_ns == before
     assert run(*args, "--eps1", 0.01, "--overwrite").exit_code == 0
     assert target.stat().st_mtime_ns != before
@@ -96,7 +143,11 @@ BAD_INPUTS = [
     (["--class", "sneaker", "--then", "bag"], "unknown class 'bag'", None),
     (["--class", "sneaker", "--sampler", "mala", "--eps2", "0"], "mala sampler needs noise", None),
     (["--class", "sneaker", "--batch-size", "0"], "batch size must be", None),
-    (["--class", "sneaker", "--caption", "a red sneaker"], "exactly one of --class or --caption", None),
+    (
+        ["--class", "sneaker", "--caption", "a red sneaker"],
+        "exactly one of a class (--class) or a caption (--caption)",
+        None,
+    ),
     (["--class", "sneaker", "--device", "cuda"], "no CUDA provider", None),
     (["--class", "sneaker", "--out", "afile/sub"], "afile is not a folder", None),
     (["--class", "sneaker", "--out", "/proc/latent-onnx-out"], "/proc is not writable", None),  # even for root
@@ -142,7 +193,9 @@ def test_the_runtime_never_imports_torch_or_onnx(tmp_path, tiny_bundle_template)
         f"main(['generate', '--bundle', {str(tiny_bundle_template)!r}, '--class', 'sandal', '-n', '2', '--steps', '3', '--seed', '0'])\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "out").glob("sandal-s0-*.png"))) == 2
 

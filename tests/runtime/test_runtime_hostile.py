@@ -34,6 +34,7 @@ def _one_line_error(result, code: int, message: str):
 
 # --- a bare name is a shipped bundle, a path looks like a path -------------------------------------
 
+
 @pytest.mark.skipif(not (shipped_models_dir() / DEFAULT_BUNDLE / "manifest.json").is_file(), reason="no shipped bundle")
 def test_a_folder_in_the_working_directory_never_shadows_a_shipped_bundle(run, tiny_bundle_template, monkeypatch):
     shutil.copytree(tiny_bundle_template, DEFAULT_BUNDLE)  # ./fashion-colors/, a different bundle
@@ -48,11 +49,15 @@ def test_a_folder_in_the_working_directory_never_shadows_a_shipped_bundle(run, t
         assert json.loads(run("classes", "--bundle", path, "--json").stdout)["bundle"] == "tiny"
 
 
-def test_a_mistyped_bundle_name_gets_a_suggestion_and_a_folder_of_that_name_a_hint(run, tiny_bundle_template, monkeypatch):
+def test_a_mistyped_bundle_name_gets_a_suggestion_and_a_folder_of_that_name_a_hint(
+    run, tiny_bundle_template, monkeypatch
+):
     names = sorted(p.name for p in shipped_models_dir().iterdir() if (p / "manifest.json").is_file())
     if names:
         typo = names[0][:-1]
-        _one_line_error(run("classes", "--bundle", typo), 3, f"did you mean '{names[0]}'? shipped bundles: {', '.join(names)}")
+        _one_line_error(
+            run("classes", "--bundle", typo), 3, f"did you mean '{names[0]}'? shipped bundles: {', '.join(names)}"
+        )
     shutil.copytree(tiny_bundle_template, "mine")
     _one_line_error(run("classes", "--bundle", "mine"), 3, "for the folder of that name write ./mine")
     monkeypatch.setenv("LATENT_ONNX_BUNDLE", "mine")
@@ -61,23 +66,38 @@ def test_a_mistyped_bundle_name_gets_a_suggestion_and_a_folder_of_that_name_a_hi
 
 # --- numbers and digits ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec, message", [
-    ("sneaker:1e39", "beyond"), ("sneaker:3e38,sneaker:3e38", "beyond"), ("sneaker:1e400", "beyond"),
-    ("sneaker:-1e39", "beyond"), ("sneaker:inf", "must be finite"), ("sneaker:NaN", "must be finite"),
-    ("sneaker:²", "is not a number"), ("sneaker:１", "is not a number"), ("sneaker:1_0", "is not a number"),
-    ("²", "unknown class '²'"), ("１", "unknown class '１'"), ("٣", "unknown class '٣'"), ("0x1", "unknown class"),
-])
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("sneaker:1e39", "beyond"),
+        ("sneaker:3e38,sneaker:3e38", "beyond"),
+        ("sneaker:1e400", "beyond"),
+        ("sneaker:-1e39", "beyond"),
+        ("sneaker:inf", "must be finite"),
+        ("sneaker:NaN", "must be finite"),
+        ("sneaker:²", "is not a number"),
+        ("sneaker:１", "is not a number"),
+        ("sneaker:1_0", "is not a number"),
+        ("²", "unknown class '²'"),
+        ("１", "unknown class '１'"),
+        ("٣", "unknown class '٣'"),
+        ("0x1", "unknown class"),
+    ],
+)
 def test_class_specs_with_odd_numbers_are_one_line_errors(run, tiny_bundle_template, spec, message):
     _one_line_error(run("generate", "--bundle", tiny_bundle_template, "--class", spec, "--steps", 1), 2, message)
 
 
 @pytest.mark.parametrize("option", ["--eps1", "--eps2", "--prior-weight", "--condition-scale", "--eps1-final"])
 def test_sampler_numbers_beyond_float32_are_refused(run, tiny_bundle_template, option):
-    _one_line_error(run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", option, "1e39"), 2,
-                    "float32")
+    _one_line_error(
+        run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", option, "1e39"), 2, "float32"
+    )
 
 
 # --- init images ----------------------------------------------------------------------------------
+
 
 def _png_of_size(width, height) -> bytes:
     buffer = io.BytesIO()
@@ -85,48 +105,82 @@ def _png_of_size(width, height) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("content, message", [
-    (_png_of_size(5000, 4000), "is 5000x4000 pixels"),  # refused before it is decoded
-    (_png_of_size(12, 12)[:45], "cannot read --init-image"),  # truncated
-    (b"GIF89a" + b"\xff" * 40, "cannot read --init-image"),
-    (b"\x89PNG\r\n\x1a\n" + os.urandom(200), "cannot read --init-image"),
-    (b"not an image", "cannot read --init-image"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (_png_of_size(5000, 4000), "is 5000x4000 pixels"),  # refused before it is decoded
+        (_png_of_size(12, 12)[:45], "cannot read --init-image"),  # truncated
+        (b"GIF89a" + b"\xff" * 40, "cannot read --init-image"),
+        (b"\x89PNG\r\n\x1a\n" + os.urandom(200), "cannot read --init-image"),
+        (b"not an image", "cannot read --init-image"),
+    ],
+)
 def test_unusable_init_images_are_one_line_errors(run, tiny_bundle_template, content, message):
     Path("init.png").write_bytes(content)
-    _one_line_error(run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "--init-image", "init.png"), 2, message)
+    _one_line_error(
+        run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "--init-image", "init.png"), 2, message
+    )
 
 
 def test_pil_decompression_bomb_warning_is_an_error(run, tiny_bundle_template, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: PIL warns (over 100, under 200)
     Path("init.png").write_bytes(_png_of_size(12, 12))
-    _one_line_error(run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "--init-image", "init.png"), 2,
-                    "DecompressionBombWarning")
+    _one_line_error(
+        run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "--init-image", "init.png"),
+        2,
+        "DecompressionBombWarning",
+    )
 
 
 # --- text is printed, never interpreted ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("folder", ["o[/x]", "out[v2]", "[bold]b[/bold]", "a\x1b[31mred"])
 def test_output_folders_are_reported_as_given(run, tiny_bundle_template, folder):
-    done = run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "-n", 1, "--steps", 1, "--seed", 0,
-               "--out", folder)
+    done = run(
+        "generate",
+        "--bundle",
+        tiny_bundle_template,
+        "--class",
+        "sneaker",
+        "-n",
+        1,
+        "--steps",
+        1,
+        "--seed",
+        0,
+        "--out",
+        folder,
+    )
     assert done.exit_code == 0, done.output
     assert done.stdout.startswith(f"wrote 1 image(s) to {printable(folder)}{os.sep} ")
     assert Path(folder, "sneaker-s0-0000.png").is_file()
 
 
 def test_bundle_text_is_printed_literally_with_control_characters_escaped(run, tiny_bundle):
-    (tiny_bundle / "classes.txt").write_text("[bold]sneaker[/bold]\nsan\x1b[2Jdal\nboot\u202eevil, [red]x\n", encoding="utf-8")
-    edit_manifest(tiny_bundle, lambda m: (m.update(description="[bold]tiny[/] \x1b]0;title\x07 [link=x]y[/link]"),
-                                          m["classes"].update(sha256=sha256_file(tiny_bundle / "classes.txt"))))
+    (tiny_bundle / "classes.txt").write_text(
+        "[bold]sneaker[/bold]\nsan\x1b[2Jdal\nboot\u202eevil, [red]x\n", encoding="utf-8"
+    )
+    edit_manifest(
+        tiny_bundle,
+        lambda m: (
+            m.update(description="[bold]tiny[/] \x1b]0;title\x07 [link=x]y[/link]"),
+            m["classes"].update(sha256=sha256_file(tiny_bundle / "classes.txt")),
+        ),
+    )
     info = run("info", "--bundle", tiny_bundle)
     assert info.exit_code == 0, info.output
     assert "[bold]tiny[/] \\x1b]0;title\\x07 [link=x]y[/link]" in info.stdout and "\x1b" not in info.stdout
     listed = run("classes", "--bundle", tiny_bundle)
     assert listed.stdout.splitlines() == ["0\t[bold]sneaker[/bold]", "1\tsan\\x1b[2Jdal", "2\tboot\\u202eevil, [red]x"]
-    _one_line_error(run("generate", "--bundle", tiny_bundle, "--class", "\x1b[31mshoe"), 2, "unknown class '\\x1b[31mshoe'")
+    _one_line_error(
+        run("generate", "--bundle", tiny_bundle, "--class", "\x1b[31mshoe"), 2, "unknown class '\\x1b[31mshoe'"
+    )
     as_json = json.loads(run("classes", "--bundle", tiny_bundle, "--json").stdout)
-    assert as_json["classes"][1] == {"index": 1, "names": ["san\x1b[2Jdal"]}  # JSON keeps the text exact (escaped by JSON)
+    assert as_json["classes"][1] == {
+        "index": 1,
+        "names": ["san\x1b[2Jdal"],
+    }  # JSON keeps the text exact (escaped by JSON)
 
 
 # --- malformed manifests and priors: always a BundleError -------------------------------------------
@@ -163,12 +217,24 @@ def test_wrong_json_types_at_every_level_of_the_manifest_are_bundle_errors(tiny_
     assert tried > 300
 
 
-@pytest.mark.parametrize("text", [
-    '{"format": NaN}', '{"format": Infinity}', '{"format": 1e999}', '{"name": ' + "1" * 5000 + "}",
-    "[" * 100000 + "]" * 100000, "[]", '"text"', "\xff\xfe", "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"format": NaN}',
+        '{"format": Infinity}',
+        '{"format": 1e999}',
+        '{"name": ' + "1" * 5000 + "}",
+        "[" * 100000 + "]" * 100000,
+        "[]",
+        '"text"',
+        "\xff\xfe",
+        "",
+    ],
+)
 def test_manifests_that_are_not_usable_json_are_bundle_errors(tiny_bundle, text):
-    (tiny_bundle / "manifest.json").write_bytes(text.encode("utf-8", "surrogateescape") if text != "\xff\xfe" else b"\xff\xfe")
+    (tiny_bundle / "manifest.json").write_bytes(
+        text.encode("utf-8", "surrogateescape") if text != "\xff\xfe" else b"\xff\xfe"
+    )
     with pytest.raises(BundleError):
         load_bundle(tiny_bundle)
 
@@ -223,13 +289,19 @@ PRIOR_FILES = {
 @pytest.mark.parametrize("name", PRIOR_FILES)
 def test_malformed_prior_files_are_bundle_errors(tiny_bundle, name):
     (tiny_bundle / "prior.npz").write_bytes(PRIOR_FILES[name])
-    prior = {"kind": "gaussian_mixture", "file": "prior.npz", "sha256": sha256_file(tiny_bundle / "prior.npz"), "components": 2}
+    prior = {
+        "kind": "gaussian_mixture",
+        "file": "prior.npz",
+        "sha256": sha256_file(tiny_bundle / "prior.npz"),
+        "components": 2,
+    }
     edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=prior))
     with pytest.raises(BundleError, match="prior.npz"):
         load_bundle(tiny_bundle)
 
 
 # --- graphs that pass their contract but fail or return garbage when run ----------------------------
+
 
 def _bundle_with(tmp_path, change) -> Path:
     graphs = build_graphs(tiny_weights())
@@ -244,18 +316,24 @@ def _gather_out_of_range(graphs):
     graph = graphs["generator"].graph
     add = next(node for node in graph.node if list(node.output) == ["pre"])
     add.input[0] = "pre_plus"
-    graph.initializer.extend([onnx.numpy_helper.from_array(np.float32(0), "c0"),
-                              onnx.numpy_helper.from_array(np.float32(1000), "c1000"),
-                              onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1")])
-    graph.node.extend([
-        helper.make_node("ReduceSum", ["z", "axis1"], ["zsum"], keepdims=0),
-        helper.make_node("Mul", ["zsum", "c0"], ["zero"]),
-        helper.make_node("Add", ["zero", "c1000"], ["big"]),
-        helper.make_node("Cast", ["big"], ["index"], to=onnx.TensorProto.INT64),
-        helper.make_node("Gather", ["bg", "index"], ["gathered"]),
-        helper.make_node("Unsqueeze", ["gathered", "axis1"], ["column"]),
-        helper.make_node("Add", ["pre0", "column"], ["pre_plus"]),
-    ])
+    graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.float32(0), "c0"),
+            onnx.numpy_helper.from_array(np.float32(1000), "c1000"),
+            onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("ReduceSum", ["z", "axis1"], ["zsum"], keepdims=0),
+            helper.make_node("Mul", ["zsum", "c0"], ["zero"]),
+            helper.make_node("Add", ["zero", "c1000"], ["big"]),
+            helper.make_node("Cast", ["big"], ["index"], to=onnx.TensorProto.INT64),
+            helper.make_node("Gather", ["bg", "index"], ["gathered"]),
+            helper.make_node("Unsqueeze", ["gathered", "axis1"], ["column"]),
+            helper.make_node("Add", ["pre0", "column"], ["pre_plus"]),
+        ]
+    )
     _sort_topologically(graph)
 
 
@@ -290,16 +368,19 @@ def _wrong_grad_batch(graphs):
     graph.node.append(helper.make_node("Concat", ["grad_once", "grad_once"], ["grad"], axis=0))
 
 
-@pytest.mark.parametrize("change, command, message", [
-    (_gather_out_of_range, "generate", "graph generator failed in ONNX Runtime on a batch of 1"),
-    (_gather_out_of_range, "info", "graph generator failed in ONNX Runtime on a batch of 1"),
-    (_nan_weights, "generate", "graph class_grad returned non-finite values"),
-    (_nan_weights, "info", "returned non-finite"),
-    (_nan_encoder, "init", "graph encoder returned non-finite codes"),
-    (_nan_encoder, "info", "graph encoder returned non-finite 'z'"),
-    (_wrong_grad_batch, "generate", "graph class_grad returned 'grad' as float32 [2, 6]"),
-    (_wrong_grad_batch, "info", "graph class_grad returned 'grad' as float32 [2, 6]"),
-])
+@pytest.mark.parametrize(
+    "change, command, message",
+    [
+        (_gather_out_of_range, "generate", "graph generator failed in ONNX Runtime on a batch of 1"),
+        (_gather_out_of_range, "info", "graph generator failed in ONNX Runtime on a batch of 1"),
+        (_nan_weights, "generate", "graph class_grad returned non-finite values"),
+        (_nan_weights, "info", "returned non-finite"),
+        (_nan_encoder, "init", "graph encoder returned non-finite codes"),
+        (_nan_encoder, "info", "graph encoder returned non-finite 'z'"),
+        (_wrong_grad_batch, "generate", "graph class_grad returned 'grad' as float32 [2, 6]"),
+        (_wrong_grad_batch, "info", "graph class_grad returned 'grad' as float32 [2, 6]"),
+    ],
+)
 def test_graphs_that_fail_or_return_garbage_at_run_time_are_bundle_errors(run, tmp_path, change, command, message):
     root = _bundle_with(tmp_path, change)
     if command == "info":
@@ -322,24 +403,33 @@ def test_info_runs_every_graph_on_a_probe_and_takes_bundle_either_way(run, tiny_
 
 # --- help ------------------------------------------------------------------------------------------
 
+
 def test_group_help_lists_the_exit_codes(run):
     helped = run("--help")
     assert helped.exit_code == 0 and "Exit codes:" in helped.stdout and "143 terminated" in helped.stdout
 
 
 def test_export_help_works_without_torch(tmp_path):
-    script = ("import sys\nsys.modules['torch'] = None\nfrom export_tools.cli import main\nmain(sys.argv[1:])\n")
+    script = "import sys\nsys.modules['torch'] = None\nfrom export_tools.cli import main\nmain(sys.argv[1:])\n"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     for args in (["--help"], ["build", "--help"]):
-        done = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", script, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         assert "Usage:" in done.stdout and "torch" not in done.stderr
-    listed = subprocess.run([sys.executable, "-c", script, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=120).stdout
+    listed = subprocess.run(
+        [sys.executable, "-c", script, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    ).stdout
     assert "build" in listed and "fashion" in listed and "imagenet" in listed
-    refused = subprocess.run([sys.executable, "-c", script, "build", "a:b", "out"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [sys.executable, "-c", script, "build", "a:b", "out"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 6 and "pip install torch" in refused.stderr
 
 

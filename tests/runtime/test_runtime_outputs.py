@@ -51,7 +51,9 @@ def _reproduce(png: Path, out: Path, env_bundle=None):
     previous = os.getcwd()
     os.chdir(elsewhere)
     try:
-        result = CliRunner().invoke(cli, words[1:] + ["--out", "again", "--json"], env={"LATENT_ONNX_BUNDLE": env_bundle})
+        result = CliRunner().invoke(
+            cli, words[1:] + ["--out", "again", "--json"], env={"LATENT_ONNX_BUNDLE": env_bundle}
+        )
     finally:
         os.chdir(previous)
     assert result.exit_code == 0, result.output
@@ -74,7 +76,9 @@ KINDS = {
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_png_carries_the_command_that_regenerates_its_pixels(run, tiny_bundle_template, tmp_path, monkeypatch, kind):
+def test_every_png_carries_the_command_that_regenerates_its_pixels(
+    run, tiny_bundle_template, tmp_path, monkeypatch, kind
+):
     Image.new("RGB", (9, 7), (200, 40, 90)).save("init.png")
     bundle_args = ["--bundle", tiny_bundle_template]
     if kind == "bundle from the environment":
@@ -90,8 +94,9 @@ def test_every_png_carries_the_command_that_regenerates_its_pixels(run, tiny_bun
     again = _reproduce(second, tmp_path, env_bundle=None)
     np.testing.assert_array_equal(_pixels(again), _pixels(second))
     stored = json.loads(_text(second)[PNG_TEXT_KEY])
-    assert {k: v for k, v in json.loads(_text(again)[PNG_TEXT_KEY]).items() if k != "logp"} == \
-        {k: v for k, v in stored.items() if k != "logp"}
+    assert {k: v for k, v in json.loads(_text(again)[PNG_TEXT_KEY]).items() if k != "logp"} == {
+        k: v for k, v in stored.items() if k != "logp"
+    }
     if kind == "init image":
         assert stored["sampler"]["start"] == "image" and stored["init_image_sha256"] == sha256_file(Path("init.png"))
 
@@ -99,16 +104,36 @@ def test_every_png_carries_the_command_that_regenerates_its_pixels(run, tiny_bun
 def test_an_init_image_run_records_the_start_it_used(run, tiny_bundle, tmp_path):
     means = np.random.default_rng(1).normal(0, 1, (3, D))
     np.savez(tiny_bundle / "prior.npz", weights=np.full(3, 1 / 3), means=means, scale_tril=np.stack([np.eye(D)] * 3))
-    prior = {"kind": "gaussian_mixture", "file": "prior.npz", "sha256": sha256_file(tiny_bundle / "prior.npz"), "components": 3}
+    prior = {
+        "kind": "gaussian_mixture",
+        "file": "prior.npz",
+        "sha256": sha256_file(tiny_bundle / "prior.npz"),
+        "components": 3,
+    }
     edit_manifest(tiny_bundle, lambda m: (m["latent"].update(prior=prior), m["sampler"].update(start="conditioned")))
     Image.new("RGB", (4, 4), (10, 200, 30)).save("init.png")
-    done = run("generate", "--bundle", tiny_bundle, "--class", "sandal", "--init-image", "init.png", "-n", 1, "--seed", 2, "--json")
+    done = run(
+        "generate",
+        "--bundle",
+        tiny_bundle,
+        "--class",
+        "sandal",
+        "--init-image",
+        "init.png",
+        "-n",
+        1,
+        "--seed",
+        2,
+        "--json",
+    )
     assert done.exit_code == 0, done.output
     png = Path(_strict_json(done.stdout)["samples"][0]["file"])
     assert json.loads(_text(png)[PNG_TEXT_KEY])["sampler"]["start"] == "image"
     assert "--start image" in _text(png)["Comment"] and "--start conditioned" not in _text(png)["Comment"]
     np.testing.assert_array_equal(_pixels(_reproduce(png, tmp_path)), _pixels(png))
-    refused = run("generate", "--bundle", tiny_bundle, "--class", "sandal", "--init-image", "init.png", "--start", "conditioned")
+    refused = run(
+        "generate", "--bundle", tiny_bundle, "--class", "sandal", "--init-image", "init.png", "--start", "conditioned"
+    )
     assert refused.exit_code == 2 and "an init image sets the start" in refused.stderr
     alone = run("generate", "--bundle", tiny_bundle, "--class", "sandal", "--start", "image")
     assert alone.exit_code == 2 and "start 'image' needs an init image" in alone.stderr
@@ -120,25 +145,58 @@ def test_pixels_and_codes_do_not_depend_on_the_batch_size(tiny_bundle, prior):
         means = np.random.default_rng(4).normal(0, 1, (5, D))
         tril = np.stack([np.tril(np.random.default_rng(m).normal(0, 0.1, (D, D)), -1) + np.eye(D) for m in range(5)])
         np.savez(tiny_bundle / "prior.npz", weights=np.full(5, 0.2), means=means, scale_tril=tril)
-        spec = {"kind": "gaussian_mixture", "file": "prior.npz", "sha256": sha256_file(tiny_bundle / "prior.npz"), "components": 5}
+        spec = {
+            "kind": "gaussian_mixture",
+            "file": "prior.npz",
+            "sha256": sha256_file(tiny_bundle / "prior.npz"),
+            "components": 5,
+        }
         edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=spec))
     pipe = Pipeline.from_bundle(tiny_bundle, device="cpu")
     for method in ("sgld", "mala"):
-        runs = [pipe.generate(classes="sandal", n=64, seed=9, steps=30, batch_size=b, method=method) for b in (1, 16, 64)]
+        runs = [
+            pipe.generate(classes="sandal", n=64, seed=9, steps=30, batch_size=b, method=method) for b in (1, 16, 64)
+        ]
         for other in runs[1:]:
             np.testing.assert_array_equal(other.z, runs[0].z)  # bit for bit
             np.testing.assert_array_equal(other.pixels, runs[0].pixels)
 
 
 def _generate_command(bundle, out, *extra, steps=400):
-    return ["generate", "--bundle", str(bundle), "--class", "sandal", "-n", "12", "--seed", "3", "--steps", str(steps),
-            "--batch-size", "1", "--out", str(out), "--upscale", "4", *map(str, extra)]
+    return [
+        "generate",
+        "--bundle",
+        str(bundle),
+        "--class",
+        "sandal",
+        "-n",
+        "12",
+        "--seed",
+        "3",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+        "--upscale",
+        "4",
+        *map(str, extra),
+    ]
 
 
 def _subprocess(args, cwd, preexec=None, **popen):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen([sys.executable, "-c", "from latent_onnx.cli import main; main()", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from latent_onnx.cli import main; main()", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec,
+        **popen,
+    )
 
 
 def _written_names(line: str) -> list[str]:
@@ -157,7 +215,10 @@ def _check_resumed(run, command, out: Path, reference: Path, kept_names: list[st
     mtimes = {name: (out / name).stat().st_mtime_ns for name in kept_names}
     again = run(*command, "--batch-size", 16)  # a different batch size: the same samples
     assert again.exit_code == 0, again.output
-    assert f"wrote {12 - len(kept_names)} image(s)" in again.stdout and f"kept {len(kept_names)} already there" in again.stdout
+    assert (
+        f"wrote {12 - len(kept_names)} image(s)" in again.stdout
+        and f"kept {len(kept_names)} already there" in again.stdout
+    )
     assert {name: (out / name).stat().st_mtime_ns for name in kept_names} == mtimes
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
     for path in reference.iterdir():
@@ -172,9 +233,12 @@ def _stop_line(stderr: str) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")])
-def test_a_killed_run_names_what_it_wrote_leaves_no_temporary_file_and_resumes(run, tiny_bundle_template, tmp_path,
-                                                                                 signum, code, word):
+@pytest.mark.parametrize(
+    "signum, code, word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_a_killed_run_names_what_it_wrote_leaves_no_temporary_file_and_resumes(
+    run, tiny_bundle_template, tmp_path, signum, code, word
+):
     reference, out = tmp_path / "reference", tmp_path / "killed"
     assert run(*_generate_command(tiny_bundle_template, reference, "--batch-size", 5, steps=4000)).exit_code == 0
     command = _generate_command(tiny_bundle_template, out, steps=4000)
@@ -218,8 +282,26 @@ def test_a_full_disk_stops_with_the_list_of_written_files_and_the_rerun_resumes(
 
 
 def test_upscale_grid_trajectory_and_their_parameters(run, tiny_bundle_template):
-    args = ["generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "-n", 5, "--seed", 1, "--steps", 4,
-            "--upscale", 5, "--resample", "lanczos", "--grid", "--save-trajectory", "chain.gif"]
+    args = [
+        "generate",
+        "--bundle",
+        tiny_bundle_template,
+        "--class",
+        "sneaker",
+        "-n",
+        5,
+        "--seed",
+        1,
+        "--steps",
+        4,
+        "--upscale",
+        5,
+        "--resample",
+        "lanczos",
+        "--grid",
+        "--save-trajectory",
+        "chain.gif",
+    ]
     done = run(*args)
     assert done.exit_code == 0, done.output
     png = Path("out/sneaker-s1-0000.png")
@@ -263,11 +345,28 @@ def test_files_that_are_not_ours_are_never_replaced_without_overwrite(run, tiny_
     assert run(*base, "--grid", "--save-trajectory", "./chain.gif", "--overwrite").exit_code == 0
     with Image.open("chain.gif") as gif:
         assert gif.format == "GIF"
-    assert sorted(p.name for p in Path("out").iterdir()) == ["sandal-s4-0000-grid.png", "sandal-s4-0000.png", "sandal-s4-0001.png"]
+    assert sorted(p.name for p in Path("out").iterdir()) == [
+        "sandal-s4-0000-grid.png",
+        "sandal-s4-0000.png",
+        "sandal-s4-0001.png",
+    ]
 
 
 def test_json_output_never_holds_a_bare_nan(run, tiny_bundle_template):
-    args = ["generate", "--bundle", tiny_bundle_template, "--class", "sandal", "-n", 1, "--seed", 4, "--steps", 2, "--json"]
+    args = [
+        "generate",
+        "--bundle",
+        tiny_bundle_template,
+        "--class",
+        "sandal",
+        "-n",
+        1,
+        "--seed",
+        4,
+        "--steps",
+        2,
+        "--json",
+    ]
     assert run(*args).exit_code == 0
     png = Path("out/sandal-s4-0000.png")
     text = _text(png)
@@ -281,9 +380,14 @@ def test_json_output_never_holds_a_bare_nan(run, tiny_bundle_template):
 
 
 def test_off_a_terminal_each_finished_batch_prints_one_line(run, tiny_bundle_template):
-    done = run("generate", "--bundle", tiny_bundle_template, "--class", "sandal", "-n", 5, "--batch-size", 2, "--steps", 2)
+    done = run(
+        "generate", "--bundle", tiny_bundle_template, "--class", "sandal", "-n", 5, "--batch-size", 2, "--steps", 2
+    )
     assert done.exit_code == 0
-    assert done.stderr.splitlines() == [f"latent-onnx: batch {b} of 3 done, {w} of 5 image(s) written" for b, w in
-                                        ((1, 2), (2, 4), (3, 5))]
-    quiet = run("generate", "--bundle", tiny_bundle_template, "--class", "sandal", "-n", 5, "--steps", 2, "--json", "--out", "q")
+    assert done.stderr.splitlines() == [
+        f"latent-onnx: batch {b} of 3 done, {w} of 5 image(s) written" for b, w in ((1, 2), (2, 4), (3, 5))
+    ]
+    quiet = run(
+        "generate", "--bundle", tiny_bundle_template, "--class", "sandal", "-n", 5, "--steps", 2, "--json", "--out", "q"
+    )
     assert quiet.exit_code == 0 and quiet.stderr == ""

@@ -28,8 +28,21 @@ def test_wheel_carries_shipped_bundles_and_the_command_finds_the_default(tmp_pat
     shutil.copytree(tiny_bundle_template, source / "onnx_models" / "fashion-colors")
 
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stderr
     (wheel,) = (tmp_path / "dist").glob("latent_onnx-*.whl")
@@ -42,8 +55,23 @@ def test_wheel_carries_shipped_bundles_and_the_command_finds_the_default(tmp_pat
     env = {key: value for key, value in os.environ.items() if key != "LATENT_ONNX_BUNDLE"}
     env["PYTHONPATH"] = str(tmp_path / "installed")
     done = subprocess.run(
-        [sys.executable, "-c", "from latent_onnx.cli import main; main()", "generate", "--class", "sneaker", "-n", "1", "--seed", "0"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "from latent_onnx.cli import main; main()",
+            "generate",
+            "--class",
+            "sneaker",
+            "-n",
+            "1",
+            "--seed",
+            "0",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert (work / "out" / "sneaker-s0-0000.png").is_file()

@@ -4,8 +4,8 @@ import threading
 
 import numpy as np
 import pytest
-from runtime_bundles import D, H, K, T, W, edit_manifest, sha256_file
 from PIL import Image
+from runtime_bundles import D, H, K, T, W, edit_manifest, sha256_file
 
 from latent_onnx import GenerateOptions, InputError, Pipeline
 from latent_onnx.errors import SamplingError
@@ -38,8 +38,17 @@ def test_injected_start_and_noise_follow_the_update_rule(tiny_pipeline):
     rng = np.random.default_rng(3)
     init_z = rng.standard_normal((n, D)).astype(np.float32)
     noise = rng.standard_normal((steps, n, D)).astype(np.float32)
-    result = tiny_pipeline.generate(classes="sneaker:0.7,sandal:0.3", n=n, seed=0, steps=steps, eps1=0.1, eps2=0.01,
-                                    prior_weight=0.5, init_z=init_z, noise=noise)
+    result = tiny_pipeline.generate(
+        classes="sneaker:0.7,sandal:0.3",
+        n=n,
+        seed=0,
+        steps=steps,
+        eps1=0.1,
+        eps2=0.01,
+        prior_weight=0.5,
+        init_z=init_z,
+        noise=noise,
+    )
     weights = np.tile(np.array([0.7, 0.3, 0.0], dtype=np.float32), (n, 1))
     z = init_z
     for t in range(steps):
@@ -71,8 +80,13 @@ def test_a_chain_switches_its_condition_mid_run(tiny_pipeline):
     direct = tiny_pipeline.generate(classes="sandal", **options)
     sandal = tiny_pipeline.runner("classifier").run(z=switched.z)["logits"].argmax(1)
     assert switched.options.switch_at == 40 and np.mean(sandal == 1) > 0.9
-    np.testing.assert_allclose(switched.logp, tiny_pipeline.runner("class_grad").run(
-        z=switched.z, weights=np.tile(tiny_pipeline.class_weights("sandal"), (16, 1)))["logp"], atol=1e-5)
+    np.testing.assert_allclose(
+        switched.logp,
+        tiny_pipeline.runner("class_grad").run(
+            z=switched.z, weights=np.tile(tiny_pipeline.class_weights("sandal"), (16, 1))
+        )["logp"],
+        atol=1e-5,
+    )
     assert not np.allclose(switched.z, direct.z)
     assert tiny_pipeline.generate(classes="sneaker", then="sandal", **options).options.switch_at == 40  # default: half
     with pytest.raises(InputError, match="switch_at must be an integer from 1 to 79"):
@@ -113,8 +127,15 @@ def test_class_specs(tiny_pipeline):
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("sneakers", "did you mean 'sneaker'"), ("3", "out of range"), ("sneaker:x", "not a number"),
-     ("sneaker:nan", "finite"), ("sneaker:0", "all weights zero"), ("sneaker,,sandal", "empty entry"), (" ", "empty")],
+    [
+        ("sneakers", "did you mean 'sneaker'"),
+        ("3", "out of range"),
+        ("sneaker:x", "not a number"),
+        ("sneaker:nan", "finite"),
+        ("sneaker:0", "all weights zero"),
+        ("sneaker,,sandal", "empty entry"),
+        (" ", "empty"),
+    ],
 )
 def test_bad_class_specs(tiny_pipeline, spec, message):
     with pytest.raises(InputError, match=message):
@@ -146,7 +167,11 @@ def test_composite_path_uses_the_composite_graph(tiny_pipeline):
     composite = tiny_pipeline.generate(options, path="composite")
     assert not np.allclose(latent.z, composite.z)
     weights = np.tile(tiny_pipeline.class_weights("sneaker"), (2, 1))
-    np.testing.assert_allclose(composite.logp, tiny_pipeline.runner("composite_class_grad").run(z=composite.z, weights=weights)["logp"], atol=1e-5)
+    np.testing.assert_allclose(
+        composite.logp,
+        tiny_pipeline.runner("composite_class_grad").run(z=composite.z, weights=weights)["logp"],
+        atol=1e-5,
+    )
     with pytest.raises(InputError, match="classes only"):
         tiny_pipeline.generate(options, classes=None, caption="a red sneaker", path="composite")
 
@@ -168,10 +193,18 @@ def test_preset_and_overrides_resolve_in_order(tiny_pipeline):
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"n": 0}, "n must be"), ({"batch_size": 0}, "batch size"), ({"seed": -1}, "seed"), ({"steps": -1}, "steps"),
-     ({"eps1": float("inf")}, "eps1"), ({"path": "other"}, "path must be"), ({"classes": None}, "exactly one"),
-     ({"caption": "a red sneaker"}, "exactly one"), ({"init_z": np.zeros((2, D))}, r"init_z must be .* shape \[1, 6\]"),
-     ({"noise": np.full((20, 1, D), np.nan, np.float32)}, "non-finite")],
+    [
+        ({"n": 0}, "n must be"),
+        ({"batch_size": 0}, "batch size"),
+        ({"seed": -1}, "seed"),
+        ({"steps": -1}, "steps"),
+        ({"eps1": float("inf")}, "eps1"),
+        ({"path": "other"}, "path must be"),
+        ({"classes": None}, "exactly one"),
+        ({"caption": "a red sneaker"}, "exactly one"),
+        ({"init_z": np.zeros((2, D))}, r"init_z must be .* shape \[1, 6\]"),
+        ({"noise": np.full((20, 1, D), np.nan, np.float32)}, "non-finite"),
+    ],
 )
 def test_bad_generate_options(tiny_pipeline, overrides, message):
     with pytest.raises(InputError, match=message):
@@ -180,7 +213,9 @@ def test_bad_generate_options(tiny_pipeline, overrides, message):
 
 def test_callback_sees_every_step_of_every_batch(tiny_pipeline):
     calls = []
-    tiny_pipeline.generate(classes="sneaker", n=3, seed=0, steps=4, batch_size=2, callback=lambda s, t, z: calls.append((s, t, z.shape[0])))
+    tiny_pipeline.generate(
+        classes="sneaker", n=3, seed=0, steps=4, batch_size=2, callback=lambda s, t, z: calls.append((s, t, z.shape[0]))
+    )
     assert [c[0] for c in calls] == list(range(1, 9)) and {c[1] for c in calls} == {8}
     assert [c[2] for c in calls] == [2] * 4 + [1] * 4
 
@@ -226,7 +261,9 @@ def test_cuda_absent_is_an_error_listing_the_providers():
 
 
 def test_bundle_clip_and_init_are_applied(tiny_bundle):
-    edit_manifest(tiny_bundle, lambda m: m["latent"].update(clip=[-0.1, 0.2], init={"kind": "gaussian", "mean": 5.0, "std": 0.01}))
+    edit_manifest(
+        tiny_bundle, lambda m: m["latent"].update(clip=[-0.1, 0.2], init={"kind": "gaussian", "mean": 5.0, "std": 0.01})
+    )
     pipe = Pipeline.from_bundle(tiny_bundle, device="cpu")
     result = pipe.generate(classes="sneaker", n=4, seed=0, steps=3)
     assert result.config.clip == (-0.1, 0.2)
@@ -249,11 +286,18 @@ def test_a_preset_can_replace_the_bundle_clip(tiny_bundle):
 
 
 def _with_mixture_prior(bundle_dir, means: np.ndarray, spread: float) -> None:
-    arrays = {"weights": np.full(len(means), 1 / len(means)), "means": means,
-              "scale_tril": np.stack([spread * np.eye(D)] * len(means))}
+    arrays = {
+        "weights": np.full(len(means), 1 / len(means)),
+        "means": means,
+        "scale_tril": np.stack([spread * np.eye(D)] * len(means)),
+    }
     np.savez(bundle_dir / "prior.npz", **arrays)
-    prior = {"kind": "gaussian_mixture", "file": "prior.npz", "sha256": sha256_file(bundle_dir / "prior.npz"),
-             "components": len(means)}
+    prior = {
+        "kind": "gaussian_mixture",
+        "file": "prior.npz",
+        "sha256": sha256_file(bundle_dir / "prior.npz"),
+        "components": len(means),
+    }
     edit_manifest(bundle_dir, lambda m: m["latent"].update(prior=prior))
 
 
@@ -266,13 +310,23 @@ def test_a_conditioned_start_draws_components_by_their_likelihood(tiny_bundle):
     expected = np.exp(2.0 * logp) / np.exp(2.0 * logp).sum()  # equal weights, condition_scale 2
 
     n = 400
-    start = pipe.generate(classes="sandal", n=n, seed=0, steps=1, eps1=1e-9, eps2=0.0, prior_weight=0.0,
-                          condition_scale=2.0, start="conditioned")
+    start = pipe.generate(
+        classes="sandal",
+        n=n,
+        seed=0,
+        steps=1,
+        eps1=1e-9,
+        eps2=0.0,
+        prior_weight=0.0,
+        condition_scale=2.0,
+        start="conditioned",
+    )
     nearest = np.argmin(((start.z[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
     np.testing.assert_allclose(np.bincount(nearest, minlength=4) / n, expected, atol=0.07)
     assert start.config.start == "conditioned"
-    unconditioned = pipe.generate(classes="sandal", n=n, seed=0, steps=1, eps1=1e-9, eps2=0.0, prior_weight=0.0,
-                                  start="init")
+    unconditioned = pipe.generate(
+        classes="sandal", n=n, seed=0, steps=1, eps1=1e-9, eps2=0.0, prior_weight=0.0, start="init"
+    )
     nearest = np.argmin(((unconditioned.z[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
     np.testing.assert_allclose(np.bincount(nearest, minlength=4) / n, 0.25, atol=0.07)
 

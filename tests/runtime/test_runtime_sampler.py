@@ -1,15 +1,14 @@
 """The samplers (SGLD, MALA, annealing) on targets whose answer is known, and the priors, in NumPy."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from dataclasses import replace
-
 from latent_onnx import InputError, SamplerConfig, SGLDSampler
-from latent_onnx.sampler import ChainState
 from latent_onnx.priors import GaussianMixturePrior, GaussianPrior
+from latent_onnx.sampler import ChainState
 
 
 def _gaussian_target(mu: np.ndarray, s2: float):
@@ -87,8 +86,9 @@ def test_sgld_step_applies_scales_noise_and_clip():
 
     seen = []
     state = ChainState(z, np.zeros(1, np.float32), cond, np.zeros(1, np.int64))
-    out = SGLDSampler(config, FixedPrior()).step(state, lambda z: (seen.append(z.copy()) or (np.zeros(1, np.float32), z)),
-                                                 noise, None, 0)
+    out = SGLDSampler(config, FixedPrior()).step(
+        state, lambda z: seen.append(z.copy()) or (np.zeros(1, np.float32), z), noise, None, 0
+    )
     expected = np.clip(0.5 * (3.0 * cond + 2.0 * prior_grad) + 0.2 * noise, -1.0, 1.0)
     np.testing.assert_allclose(out.z, expected, rtol=1e-6)
     np.testing.assert_allclose(seen[0], expected, rtol=1e-6)  # the target runs once, at the new point
@@ -132,8 +132,21 @@ def test_cli_words_name_every_setting_that_has_a_flag():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("steps", -1), ("steps", 2.5), ("method", "euler"), ("anneal", 1.5), ("eps1", 0.0), ("eps1", math.nan), ("eps2", -1e-3), ("eps2", math.inf),
-     ("prior_weight", -1.0), ("condition_scale", 0.0), ("eps1_final", 0.0), ("normalize_grad", "yes"), ("clip", (1.0, 0.0))],
+    [
+        ("steps", -1),
+        ("steps", 2.5),
+        ("method", "euler"),
+        ("anneal", 1.5),
+        ("eps1", 0.0),
+        ("eps1", math.nan),
+        ("eps2", -1e-3),
+        ("eps2", math.inf),
+        ("prior_weight", -1.0),
+        ("condition_scale", 0.0),
+        ("eps1_final", 0.0),
+        ("normalize_grad", "yes"),
+        ("clip", (1.0, 0.0)),
+    ],
 )
 def test_config_rejects_out_of_range_values(field, value):
     with pytest.raises(InputError, match="sampler" if field == "method" else field):
@@ -155,7 +168,9 @@ def test_mixture_prior_gradient_matches_finite_differences():
     rng = np.random.default_rng(1)
     dim, components = 3, 2
     tril = np.tril(rng.normal(0, 0.3, (components, dim, dim))) + np.eye(dim)[None] * 0.8
-    prior = GaussianMixturePrior(weights=np.array([0.3, 0.7]), means=rng.normal(0, 1, (components, dim)), scale_tril=tril)
+    prior = GaussianMixturePrior(
+        weights=np.array([0.3, 0.7]), means=rng.normal(0, 1, (components, dim)), scale_tril=tril
+    )
 
     def log_density(z):
         total = 0.0
@@ -177,7 +192,8 @@ def test_mixture_prior_gradient_matches_finite_differences():
 
 def test_mixture_prior_samples_follow_the_mixture():
     prior = GaussianMixturePrior(
-        weights=np.array([0.25, 0.75]), means=np.array([[-5.0, 0.0], [5.0, 0.0]]),
+        weights=np.array([0.25, 0.75]),
+        means=np.array([[-5.0, 0.0], [5.0, 0.0]]),
         scale_tril=np.stack([np.eye(2) * 0.5, np.eye(2) * 0.5]),
     )
     rng = np.random.default_rng(0)

@@ -12,8 +12,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
-from serve_browser import chromium, fill, generate, open_page  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from serve_browser import chromium, fill, generate, open_page  # noqa: E402
 
 from bench.serve import ServerProcess  # noqa: E402
 from latent_onnx.bundle import DEFAULT_BUNDLE  # noqa: E402

@@ -16,8 +16,13 @@ def chromium(width: int = 1280, height: int = 860) -> webdriver.Chrome:
     """A headless chromium window of the given size."""
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     f"--window-size={width},{height}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={width},{height}",
+    ):
         options.add_argument(argument)
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 
@@ -38,6 +43,9 @@ def generate(driver: webdriver.Chrome, count: int, timeout_s: float = 60) -> lis
     """Click Generate and wait for `count` images; the figures."""
     driver.find_element(By.ID, "generate").click()
     WebDriverWait(driver, timeout_s).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results figure img")) == count
-        or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "#results figure img")) == count
+            or "error" in d.find_element(By.ID, "status").get_attribute("class")
+        )
+    )
     return driver.find_elements(By.CSS_SELECTOR, "#results figure")

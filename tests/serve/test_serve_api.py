@@ -23,7 +23,9 @@ FLAGGED_SAMPLER_FIELDS = [f.name for f in fields(SamplerConfig) if f.metadata["f
 
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "latent_onnx", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "latent_onnx", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def png_of(image: dict) -> bytes:
@@ -49,19 +51,53 @@ def test_openapi_documents_every_request_field(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "caption" in body["properties"] and "steps" in body["properties"]
-    assert set(body["properties"]) == {"bundle", "classes", "caption", "then", "switch_at", "n", "seed", "start_index",
-                                       "batch_size", "preset", "path", *FLAGGED_SAMPLER_FIELDS}
+    assert set(body["properties"]) == {
+        "bundle",
+        "classes",
+        "caption",
+        "then",
+        "switch_at",
+        "n",
+        "seed",
+        "start_index",
+        "batch_size",
+        "preset",
+        "path",
+        *FLAGGED_SAMPLER_FIELDS,
+    }
     assert body["properties"]["method"]["anyOf"][0]["enum"] == ["sgld", "mala"]
 
 
 def test_pngs_are_the_files_the_cli_writes(client, tiny_bundle, tmp_path):
-    settings = ["--class", "sandal:0.7,sneaker:0.3", "-n", "3", "--seed", "5", "--steps", "9", "--sampler", "mala",
-                "--eps1", "0.02", "--batch-size", "2"]
+    settings = [
+        "--class",
+        "sandal:0.7,sneaker:0.3",
+        "-n",
+        "3",
+        "--seed",
+        "5",
+        "--steps",
+        "9",
+        "--sampler",
+        "mala",
+        "--eps1",
+        "0.02",
+        "--batch-size",
+        "2",
+    ]
     done = cli("generate", "--bundle", str(tiny_bundle), *settings, "--out", str(tmp_path), "--device", "cpu")
     assert done.returncode == 0, done.stderr
     files = sorted(tmp_path.glob("*.png"))
     assert len(files) == 3
-    body = {"classes": "sandal:0.7,sneaker:0.3", "n": 3, "seed": 5, "steps": 9, "method": "mala", "eps1": 0.02, "batch_size": 2}
+    body = {
+        "classes": "sandal:0.7,sneaker:0.3",
+        "n": 3,
+        "seed": 5,
+        "steps": 9,
+        "method": "mala",
+        "eps1": 0.02,
+        "batch_size": 2,
+    }
     answer = client.post("/v1/generate", json=body)
     assert answer.status_code == 200, answer.text
     result = answer.json()
@@ -84,20 +120,27 @@ def test_a_pngs_command_remakes_it(client, tmp_path):
     image = client.post("/v1/generate", json={"caption": "a red sneaker", "seed": 3, "steps": 6}).json()["images"][0]
     command = shlex.split(image["command"])
     assert command[:2] == ["latent-onnx", "generate"]
-    done = subprocess.run([sys.executable, "-m", "latent_onnx", *command[1:], "--out", str(tmp_path)], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "latent_onnx", *command[1:], "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     (file,) = tmp_path.glob("*.png")
     assert file.read_bytes() == png_of(image)
 
 
-@pytest.mark.parametrize("args, body", [
-    (["--class", "snekaer"], {"classes": "snekaer"}),
-    (["--caption", "a green sneaker"], {"caption": "a green sneaker"}),
-    (["--class", "sneaker", "--eps1", "-1"], {"classes": "sneaker", "eps1": -1.0}),
-    (["--class", "sneaker", "--switch-at", "3"], {"classes": "sneaker", "switch_at": 3}),
-    (["--class", "sneaker", "--preset", "fast"], {"classes": "sneaker", "preset": "fast"}),
-])
+@pytest.mark.parametrize(
+    "args, body",
+    [
+        (["--class", "snekaer"], {"classes": "snekaer"}),
+        (["--caption", "a green sneaker"], {"caption": "a green sneaker"}),
+        (["--class", "sneaker", "--eps1", "-1"], {"classes": "sneaker", "eps1": -1.0}),
+        (["--class", "sneaker", "--switch-at", "3"], {"classes": "sneaker", "switch_at": 3}),
+        (["--class", "sneaker", "--preset", "fast"], {"classes": "sneaker", "preset": "fast"}),
+    ],
+)
 def test_bad_values_get_the_clis_one_line_message(client, tiny_bundle, tmp_path, args, body):
     done = cli("generate", "--bundle", str(tiny_bundle), *args, "--out", str(tmp_path))
     assert done.returncode == 2
@@ -107,22 +150,25 @@ def test_bad_values_get_the_clis_one_line_message(client, tiny_bundle, tmp_path,
     assert "\n" not in line and line.startswith(f"latent-onnx: error: {answer.json()['error']}")
 
 
-@pytest.mark.parametrize("content, headers, status, says", [
-    (b'{"classes": "sneaker",', {}, 400, "not valid JSON"),
-    (b'{"classes": NaN}', {}, 400, "not valid JSON"),
-    (b'["sneaker"]', {}, 400, "JSON object"),
-    (b'{"classes": "sneaker", "stepz": 3}', {}, 422, "unknown option 'stepz'"),
-    (b'{"classes": ["sneaker"]}', {}, 422, "classes must be a string"),
-    (b'{"classes": "sneaker", "n": 1.5}', {}, 422, "n must be an integer"),
-    (b'{"classes": "sneaker", "n": 9}', {}, 422, "n must be at most 8 on this server"),
-    (b'{"classes": "sneaker", "steps": 2001}', {}, 422, "steps must be at most 2000"),
-    (b'{"classes": "sneaker", "batch_size": 65}', {}, 422, "batch_size must be at most 64"),
-    (b'{"classes": "sneaker", "bundle": "imagenet"}', {}, 422, "unknown bundle 'imagenet'"),
-    (b'{"classes": "sneaker", "init_image": "/etc/passwd"}', {}, 422, "unknown option 'init_image'"),
-    (b'{"classes": "sneaker", "method": "euler"}', {}, 422, "sampler must be one of sgld, mala"),
-    (b'{"classes": "' + b"x" * 70000 + b'"}', {}, 413, "larger than this server's limit"),
-    (b'{"classes": "sneaker"}', {"Content-Type": "text/plain"}, 415, "Content-Type: application/json"),
-])
+@pytest.mark.parametrize(
+    "content, headers, status, says",
+    [
+        (b'{"classes": "sneaker",', {}, 400, "not valid JSON"),
+        (b'{"classes": NaN}', {}, 400, "not valid JSON"),
+        (b'["sneaker"]', {}, 400, "JSON object"),
+        (b'{"classes": "sneaker", "stepz": 3}', {}, 422, "unknown option 'stepz'"),
+        (b'{"classes": ["sneaker"]}', {}, 422, "classes must be a string"),
+        (b'{"classes": "sneaker", "n": 1.5}', {}, 422, "n must be an integer"),
+        (b'{"classes": "sneaker", "n": 9}', {}, 422, "n must be at most 8 on this server"),
+        (b'{"classes": "sneaker", "steps": 2001}', {}, 422, "steps must be at most 2000"),
+        (b'{"classes": "sneaker", "batch_size": 65}', {}, 422, "batch_size must be at most 64"),
+        (b'{"classes": "sneaker", "bundle": "imagenet"}', {}, 422, "unknown bundle 'imagenet'"),
+        (b'{"classes": "sneaker", "init_image": "/etc/passwd"}', {}, 422, "unknown option 'init_image'"),
+        (b'{"classes": "sneaker", "method": "euler"}', {}, 422, "sampler must be one of sgld, mala"),
+        (b'{"classes": "' + b"x" * 70000 + b'"}', {}, 413, "larger than this server's limit"),
+        (b'{"classes": "sneaker"}', {"Content-Type": "text/plain"}, 415, "Content-Type: application/json"),
+    ],
+)
 def test_bad_requests_get_one_line_json_errors(client, content, headers, status, says):
     answer = client.post("/v1/generate", content=content, headers={"Content-Type": "application/json", **headers})
     assert answer.status_code == status
@@ -144,12 +190,16 @@ def test_other_host_names_are_refused(client):
 def test_no_cors_unless_enabled(client):
     preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
     assert "access-control-allow-origin" not in client.options("/v1/generate", headers=preflight).headers
-    assert "access-control-allow-origin" not in client.get("/v1/bundles", headers={"Origin": "http://app.example"}).headers
+    assert (
+        "access-control-allow-origin" not in client.get("/v1/bundles", headers={"Origin": "http://app.example"}).headers
+    )
 
 
 def test_token_and_cors_origin(tiny_bundle):
-    with ServerProcess(tiny_bundle, "--token", "s3cret", "--cors-origin", "http://app.example") as server, \
-            httpx.Client(base_url=server.url, timeout=60) as http:
+    with (
+        ServerProcess(tiny_bundle, "--token", "s3cret", "--cors-origin", "http://app.example") as server,
+        httpx.Client(base_url=server.url, timeout=60) as http,
+    ):
         assert http.get("/v1/health").status_code == 200  # open, so that clients can wait for the server
         refused = http.get("/v1/bundles")
         assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
@@ -157,10 +207,18 @@ def test_token_and_cors_origin(tiny_bundle):
         auth = {"Authorization": "Bearer s3cret"}
         assert http.post("/v1/generate", json={"classes": "sneaker"}).status_code == 401
         assert http.post("/v1/generate", json={"classes": "sneaker", "steps": 2}, headers=auth).status_code == 200
-        preflight = http.options("/v1/generate", headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
-                                                          "Access-Control-Request-Headers": "authorization,content-type"})
+        preflight = http.options(
+            "/v1/generate",
+            headers={
+                "Origin": "http://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
         assert preflight.headers["access-control-allow-origin"] == "http://app.example"
-        other = http.options("/v1/generate", headers={"Origin": "http://other.example", "Access-Control-Request-Method": "POST"})
+        other = http.options(
+            "/v1/generate", headers={"Origin": "http://other.example", "Access-Control-Request-Method": "POST"}
+        )
         assert other.headers.get("access-control-allow-origin") != "http://other.example"
 
 
@@ -169,9 +227,9 @@ def events(lines) -> list[tuple[str, dict]]:
     out, name = [], None
     for line in lines:
         if line.startswith("event: "):
-            name = line[len("event: "):]
+            name = line[len("event: ") :]
         elif line.startswith("data: "):
-            out.append((name, json.loads(line[len("data: "):])))
+            out.append((name, json.loads(line[len("data: ") :])))
     return out
 
 
@@ -181,7 +239,12 @@ def test_stream_reports_steps_and_previews_then_the_result(client):
         assert stream.headers["content-type"].startswith("text/event-stream")
         got = events(stream.iter_lines())
     progress = [data for name, data in got if name == "progress"]
-    assert [(p["step"], p["total"]) for p in progress] == [(5, 20), (10, 20), (15, 20), (20, 20)]  # 2 batches of 10 steps
+    assert [(p["step"], p["total"]) for p in progress] == [
+        (5, 20),
+        (10, 20),
+        (15, 20),
+        (20, 20),
+    ]  # 2 batches of 10 steps
     with Image.open(io.BytesIO(base64.b64decode(progress[0]["preview"]))) as preview:
         assert preview.size == (4 * 2 + 2, 4)  # a grid of the first batch's 2 chains, 4x4 each
     name, result = got[-1]
@@ -242,7 +305,18 @@ def test_remote_addresses_need_allow_remote(tiny_bundle):
 
 
 def test_without_the_extra_serve_is_a_one_line_error():
-    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['fastapi'] = None\n"
-                           "from latent_onnx.cli import main; main()", "serve"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['fastapi'] = None\nfrom latent_onnx.cli import main; main()",
+            "serve",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
-    assert done.stderr == "latent-onnx: error: latent-onnx serve needs the serve extra: pip install 'latent-onnx[serve]'\n"
+    assert (
+        done.stderr == "latent-onnx: error: latent-onnx serve needs the serve extra: pip install 'latent-onnx[serve]'\n"
+    )

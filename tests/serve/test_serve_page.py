@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 pytest.importorskip("selenium", reason="the test extra is not installed")
-from serve_browser import BROWSER, DRIVER, chromium, fill, generate, open_page  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from serve_browser import BROWSER, DRIVER, chromium, fill, generate, open_page  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (BROWSER and DRIVER), reason="needs Debian's chromium and chromium-driver")
 
@@ -28,7 +28,11 @@ def chip(driver, container: str, text: str):
 
 def test_pick_a_class_generate_and_get_the_images(browser, server):
     open_page(browser, server.url)
-    assert [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#class-chips button")] == ["sneaker", "sandal", "ankle boot"]
+    assert [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#class-chips button")] == [
+        "sneaker",
+        "sandal",
+        "ankle boot",
+    ]
     chip(browser, "class-chips", "sandal").click()
     fill(browser, "count", 3)
     fill(browser, "seed", 4)
@@ -36,13 +40,22 @@ def test_pick_a_class_generate_and_get_the_images(browser, server):
     figures = generate(browser, 3)
     assert browser.find_element(By.ID, "status").text == "3 image(s), seed 4, 12 sgld steps"
     assert browser.find_element(By.ID, "preview").get_attribute("src").startswith("data:image/png;base64,")
-    sizes = [browser.execute_script("return arguments[0].naturalWidth", f.find_element(By.TAG_NAME, "img")) for f in figures]
+    sizes = [
+        browser.execute_script("return arguments[0].naturalWidth", f.find_element(By.TAG_NAME, "img")) for f in figures
+    ]
     assert sizes == [4, 4, 4]  # decoded PNGs of the tiny bundle's 4x4 images
-    expected = httpx.post(server.url + "/v1/generate", json={"classes": "sandal", "n": 3, "seed": 4, "steps": 12}).json()
+    expected = httpx.post(
+        server.url + "/v1/generate", json={"classes": "sandal", "n": 3, "seed": 4, "steps": 12}
+    ).json()
     links = [f.find_element(By.CSS_SELECTOR, "a.download") for f in figures]
-    assert [link.get_attribute("download") for link in links] == ["tiny-s4-0000.png", "tiny-s4-0001.png", "tiny-s4-0002.png"]
-    assert [base64.b64decode(link.get_attribute("href").split(",", 1)[1]) for link in links] == \
-        [base64.b64decode(image["png"]) for image in expected["images"]]
+    assert [link.get_attribute("download") for link in links] == [
+        "tiny-s4-0000.png",
+        "tiny-s4-0001.png",
+        "tiny-s4-0002.png",
+    ]
+    assert [base64.b64decode(link.get_attribute("href").split(",", 1)[1]) for link in links] == [
+        base64.b64decode(image["png"]) for image in expected["images"]
+    ]
     commands = [f.find_element(By.CSS_SELECTOR, "button.copy").get_attribute("data-command") for f in figures]
     assert commands == [image["command"] for image in expected["images"]]
 
@@ -81,4 +94,6 @@ def test_stop_cancels_the_chains(browser, tiny_bundle):
         WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "status").text.startswith("step "))
         browser.find_element(By.ID, "stop").click()
         WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "status").text == "stopped")
-        WebDriverWait(browser, 10, poll_frequency=0.1).until(lambda d: httpx.get(slow.url + "/v1/health").json()["jobs"] == 0)
+        WebDriverWait(browser, 10, poll_frequency=0.1).until(
+            lambda d: httpx.get(slow.url + "/v1/health").json()["jobs"] == 0
+        )

@@ -1,0 +1,91 @@
+"""The session choice for single chains of a large class_grad: float32 unpacked, quantised by measurement."""
+
+import numpy as np
+import onnx
+import pytest
+from runtime_bundles import D, K, build_graphs, tiny_weights, write_tiny_bundle
+
+import latent_onnx.sessions as sessions
+from latent_onnx import Pipeline
+
+
+@pytest.fixture
+def quantised_bundle(tmp_path, monkeypatch):
+    """A tiny bundle whose class_grad has int8 weights (ONNX Runtime dynamic quantisation), counted as large."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    monkeypatch.setattr(sessions, "SINGLE_ROW_MIN_BYTES", 0)
+    monkeypatch.setattr(sessions, "_UNPACKED_FASTER", {})
+    float_path, int8_path = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    graphs = build_graphs(tiny_weights())
+    onnx.save(graphs["class_grad"], float_path)
+    quantize_dynamic(float_path, int8_path, weight_type=QuantType.QInt8)
+    graphs["class_grad"] = onnx.load(int8_path)
+    assert {node.op_type for node in graphs["class_grad"].graph.node} & sessions.QUANTISED_OPS
+    write_tiny_bundle(tmp_path / "bundle", graphs=graphs)
+    return tmp_path / "bundle"
+
+
+def _prepacking_off(session) -> bool:
+    try:
+        return session.get_session_options().get_session_config_entry("session.disable_prepacking") == "1"
+    except RuntimeError:  # not set: prepacking is on
+        return False
+
+
+def test_a_quantised_class_grad_runs_single_chains_unpacked_only_when_measured_faster(quantised_bundle, monkeypatch):
+    timed = []
+    monkeypatch.setattr(sessions, "_first_is_faster", lambda first, second, names, feeds: timed.append(feeds) or False)
+    runner = Pipeline.from_bundle(quantised_bundle, device="cpu", threads=1).runner("class_grad")
+    assert runner.session_for(1) is runner.session and runner.session_for(1) is runner.session  # measured slower
+    assert timed[0]["z"].shape == (1, D) and timed[0]["weights"].shape == (1, K)
+    again = Pipeline.from_bundle(quantised_bundle, device="cpu", threads=1).runner("class_grad")
+    assert again.session_for(1) is again.session and len(timed) == 1  # decided once per graph and thread count
+
+    monkeypatch.setattr(sessions, "_UNPACKED_FASTER", {})
+    monkeypatch.setattr(sessions, "_first_is_faster", lambda first, second, names, feeds: True)
+    faster = Pipeline.from_bundle(quantised_bundle, device="cpu", threads=1).runner("class_grad")
+    single = faster.session_for(1)
+    assert single is not faster.session and _prepacking_off(single) and faster.session_for(2) is faster.session
+
+
+def test_the_measurement_times_both_sessions_and_keeps_the_same_numbers(quantised_bundle):
+    pipe = Pipeline.from_bundle(quantised_bundle, device="cpu", threads=1)
+    z = np.random.default_rng(0).standard_normal((2, D)).astype(np.float32)
+    weights = np.eye(K, dtype=np.float32)[[0, 1]]
+    alone = pipe.runner("class_grad").run(z=z[1:], weights=weights[1:])  # times both sessions, then runs on one
+    assert list(sessions._UNPACKED_FASTER.values()) in ([True], [False])
+    together = pipe.runner("class_grad").run(z=z, weights=weights)
+    np.testing.assert_allclose(alone["grad"], together["grad"][1:], rtol=1e-2, atol=1e-2)
+
+
+def test_a_cuda_provider_that_does_not_start_is_named_in_one_line(monkeypatch):
+    if "CUDAExecutionProvider" in sessions.ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has the CUDA build")
+    problem = sessions._cuda_problem()  # the CPU build ships no CUDA provider library
+    assert problem.startswith("libonnxruntime_providers_cuda.so is missing from") or "missing" in problem
+    monkeypatch.setattr(sessions, "_ort_builds", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    assert "both onnxruntime and onnxruntime-gpu are installed" in sessions._cuda_problem()
+    with pytest.raises(sessions.DeviceError) as error:
+        sessions.SessionFactory(device="cuda")
+    message = str(error.value)
+    assert "\n" not in message and sessions.GPU_INSTALL in message and "--device cpu" in message
+
+
+def test_without_onnx_runtime_the_import_says_which_extra_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "onnxruntime.py").write_text(
+        "raise ImportError('No module named onnxruntime')\n"
+    )  # as if not installed
+    done = subprocess.run(
+        [sys.executable, "-c", "import latent_onnx"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": f"{tmp_path}:{sessions.__file__.rsplit('/latent_onnx/', 1)[0]}", "PATH": ""},
+    )
+    assert done.returncode == 1
+    assert (
+        "pip install 'latent-onnx[cpu]' (CPU), or pip install 'latent-onnx[gpu]' (NVIDIA CUDA); not both" in done.stderr
+    )
