@@ -7,8 +7,16 @@ from export_tools.recipes.fashion_data import CLASS_NAMES, load_split
 from export_tools.recipes.fashion_train import TrainConfig, Trainer, trained_networks
 
 TINY = dict(
-    latent_dim=8, width=4, head_hidden=16, batch_size=64, autoencoder_epochs=1, flow_epochs=2, flow_couplings=4,
-    flow_hidden=16, head_epochs=1, generator_epochs=1,
+    latent_dim=8,
+    width=4,
+    head_hidden=16,
+    batch_size=64,
+    autoencoder_epochs=1,
+    flow_epochs=2,
+    flow_couplings=4,
+    flow_hidden=16,
+    head_epochs=1,
+    generator_epochs=1,
 )
 
 

@@ -54,7 +54,9 @@ def test_the_steps_do_the_work_start_is_chance_and_chains_cross_between_classes(
     assert trousers.mean() < 0.4  # the start is a draw from N(0, I), not a trouser
     bags = pipe.generate(classes="bag", n=16, seed=3, batch_size=16)
     crossed = pipe.generate(classes="trouser", n=16, seed=4, batch_size=16, init_z=bags.z)
-    assert (pipe.runner("classifier").run(z=crossed.z)["logits"].argmax(1) == CLASS_NAMES.index("trouser")).mean() >= 0.75
+    assert (
+        pipe.runner("classifier").run(z=crossed.z)["logits"].argmax(1) == CLASS_NAMES.index("trouser")
+    ).mean() >= 0.75
 
 
 @pytest.mark.parametrize("colour", ["red", "blue", "green"])
