@@ -29,6 +29,9 @@ def ray_address(tmp_path_factory):
     port = _free_port()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_AUTH_MODE", "disabled")
+        # on a loaded machine a worker process can take over Ray's 60 s default to start and register, and
+        # the raylet then kills it as dead; give it the time (the cluster is only these tests')
+        env.setenv("RAY_worker_register_timeout_seconds", "600")
         try:
             subprocess.run(
                 [
