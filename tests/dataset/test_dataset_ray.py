@@ -1,16 +1,19 @@
-"""The Ray backend against a real local Ray cluster (`ray start --head`, 2 CPUs, loopback), stopped at the end."""
+"""The Ray backend against a real local Ray cluster (`ray start --head`, 2 CPUs, loopback), stopped at the end.
+
+Every run is a fresh `latent-onnx dataset` process, as users run it: a Ray driver does not survive being
+initialised again in one process after another test (the bench's dataset section) started and shut down
+a local Ray there (the actors of the second cluster were destroyed as they were created).
+"""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
-from click.testing import CliRunner
 from conftest import files_of
-
-from latent_onnx.cli import cli
 
 pytest.importorskip("ray")
 
@@ -59,11 +62,15 @@ def ray_address(tmp_path_factory):
             subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
 
 
+def run_dataset(*args) -> subprocess.CompletedProcess:
+    """`latent-onnx dataset ARGS` in a new process; its exit code and output."""
+    command = [sys.executable, "-m", "latent_onnx", "dataset", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
 def dataset(out, bundle, *args):
-    result = CliRunner().invoke(
-        cli, ["dataset", str(out), "--bundle", str(bundle), "--per-class", "7", "--shard-size", "4", *args]
-    )
-    assert result.exit_code == 0, result.output
+    done = run_dataset(out, "--bundle", bundle, "--per-class", 7, "--shard-size", 4, *args)
+    assert done.returncode == 0, done.stderr
     return files_of(out)
 
 
@@ -76,43 +83,27 @@ def test_ray_writes_the_same_bytes_as_local_with_one_and_two_workers(bundle, tmp
 
 
 def test_more_actors_than_the_cluster_has_cpus_is_one_line(bundle, tmp_path, ray_address):
-    result = CliRunner().invoke(
-        cli,
-        [
-            "dataset",
-            str(tmp_path / "ds"),
-            "--bundle",
-            str(bundle),
-            "--per-class",
-            "1",
-            "--backend",
-            "ray",
-            "--ray-address",
-            ray_address,
-            "--workers",
-            "3",
-        ],
+    done = run_dataset(
+        tmp_path / "ds",
+        "--bundle",
+        bundle,
+        "--per-class",
+        1,
+        "--backend",
+        "ray",
+        "--ray-address",
+        ray_address,
+        "--workers",
+        3,
     )
-    assert result.exit_code == 8 and "the Ray cluster has 2 CPUs" in result.output
+    assert done.returncode == 8 and "the Ray cluster has 2 CPUs" in done.stderr
 
 
 def test_unreachable_ray_address_is_one_line(bundle, tmp_path):
     port = _free_port()  # nothing listens on it
-    result = CliRunner().invoke(
-        cli,
-        [
-            "dataset",
-            str(tmp_path / "ds"),
-            "--bundle",
-            str(bundle),
-            "--per-class",
-            "1",
-            "--backend",
-            "ray",
-            "--ray-address",
-            f"127.0.0.1:{port}",
-        ],
+    done = run_dataset(
+        tmp_path / "ds", "--bundle", bundle, "--per-class", 1, "--backend", "ray", "--ray-address", f"127.0.0.1:{port}"
     )
-    assert result.exit_code == 8, result.output
-    assert result.output.strip().startswith(f"latent-onnx: error: cannot reach the Ray cluster at 127.0.0.1:{port}")
-    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "ds").exists()
+    assert done.returncode == 8, done.stderr
+    assert done.stderr.strip().startswith(f"latent-onnx: error: cannot reach the Ray cluster at 127.0.0.1:{port}")
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "ds").exists()
