@@ -157,7 +157,8 @@ def load_bundle(path_or_name: str | os.PathLike | None = None) -> Bundle:
     return _ManifestReader(root).read()
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -396,7 +397,7 @@ class _ManifestReader:
         path = _confined_path(self.root, ref)
         if not path.is_file():
             raise _missing(self.root, ref)
-        _check_digest(self.root, ref, _sha256_of(path))
+        _check_digest(self.root, ref, sha256_file(path))
 
     def text_lines(self, ref: FileRef) -> list[str]:
         try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .bundle import sha256_file
 from .conditioning import ClassIndex
 from .errors import InputError, LatentOnnxError, OutputError
 from .images import check_output_dir, png_bytes, write_atomically
@@ -347,14 +348,6 @@ class LocalWorkers:
 # --- the driver: files and the dataset manifest ----------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(path: Path, data: dict) -> None:
     text = json.dumps(data, indent=1).encode()
     write_atomically(path, lambda temp: temp.write_bytes(text))
@@ -449,14 +442,14 @@ class DatasetFolder:
         """Whether a recorded shard's files are all there with their recorded sha256."""
         entry = self.manifest["shards"].get(shard.name)
         file = self.shard_file(shard)
-        if entry is None or not file.is_file() or _sha256(file) != entry["sha256"]:
+        if entry is None or not file.is_file() or sha256_file(file) != entry["sha256"]:
             return False
         if self.plan.settings.format == "imagefolder":
             with open(file, encoding="utf-8") as stream:
                 for line in stream:
                     row = json.loads(line)
                     image = self.out / row["file_name"]
-                    if not image.is_file() or _sha256(image) != row["sha256"]:
+                    if not image.is_file() or sha256_file(image) != row["sha256"]:
                         return False
         return True
 
@@ -475,7 +468,7 @@ class DatasetFolder:
             write_atomically(file, lambda temp: temp.write_bytes(text))
         self.manifest["shards"][shard.name] = {
             "file": file.relative_to(self.out).as_posix(),
-            "sha256": _sha256(file),
+            "sha256": sha256_file(file),
             "count": len(samples),
         }
         self.save()

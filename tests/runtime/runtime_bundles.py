@@ -12,6 +12,7 @@ The graphs compute their gradients analytically with ONNX ops:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -191,6 +192,25 @@ def edit_manifest(root: Path, change) -> None:
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     change(manifest)
     write_manifest(root, manifest)
+
+
+def use_prior_file(root: Path, data: bytes, components: int) -> None:
+    """Write `data` as the bundle's prior.npz and point latent.prior at it (a mixture of `components`)."""
+    (root / "prior.npz").write_bytes(data)
+    prior = {
+        "kind": "gaussian_mixture",
+        "file": "prior.npz",
+        "sha256": sha256_file(root / "prior.npz"),
+        "components": components,
+    }
+    edit_manifest(root, lambda m: m["latent"].update(prior=prior))
+
+
+def use_mixture_prior(root: Path, weights, means, scale_tril) -> None:
+    """Give the bundle the Gaussian-mixture prior weights [M], means [M, D], scale_tril [M, D, D]."""
+    buffer = io.BytesIO()
+    np.savez(buffer, weights=weights, means=means, scale_tril=scale_tril)
+    use_prior_file(root, buffer.getvalue(), len(weights))
 
 
 def write_tiny_bundle(root: Path, roles=ALL_ROLES, seed: int = 0, graphs: dict | None = None) -> dict:

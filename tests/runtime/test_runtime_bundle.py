@@ -5,7 +5,16 @@ import os
 import numpy as np
 import onnx
 import pytest
-from runtime_bundles import ALL_ROLES, D, build_graphs, edit_manifest, sha256_file, tiny_weights, write_tiny_bundle
+from runtime_bundles import (
+    ALL_ROLES,
+    D,
+    build_graphs,
+    edit_manifest,
+    sha256_file,
+    tiny_weights,
+    use_mixture_prior,
+    write_tiny_bundle,
+)
 
 from latent_onnx import BundleError, Pipeline, load_bundle
 from latent_onnx.bundle import BUNDLE_ENV, resolve_bundle_dir
@@ -155,20 +164,11 @@ def test_a_gaussian_mixture_prior_is_loaded_and_checked(tiny_bundle):
         "means": rng.normal(size=(2, D)),
         "scale_tril": np.stack([np.eye(D)] * 2),
     }
-    np.savez(tiny_bundle / "prior.npz", **arrays)
-    prior = {
-        "kind": "gaussian_mixture",
-        "file": "prior.npz",
-        "sha256": sha256_file(tiny_bundle / "prior.npz"),
-        "components": 2,
-    }
-    edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=prior))
+    use_mixture_prior(tiny_bundle, **arrays)
     bundle = load_bundle(tiny_bundle)
     assert isinstance(bundle.prior, GaussianMixturePrior) and bundle.prior.dim == D
 
     arrays["weights"] = np.array([0.5, 0.6])
-    np.savez(tiny_bundle / "prior.npz", **arrays)
-    prior["sha256"] = sha256_file(tiny_bundle / "prior.npz")
-    edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=prior))
+    use_mixture_prior(tiny_bundle, **arrays)
     with pytest.raises(BundleError, match="sum to 1"):
         load_bundle(tiny_bundle)

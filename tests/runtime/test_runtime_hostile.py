@@ -16,7 +16,16 @@ import onnx
 import pytest
 from onnx import helper
 from PIL import Image
-from runtime_bundles import D, build_graphs, edit_manifest, sha256_file, tiny_weights, write_manifest, write_tiny_bundle
+from runtime_bundles import (
+    D,
+    build_graphs,
+    edit_manifest,
+    sha256_file,
+    tiny_weights,
+    use_prior_file,
+    write_manifest,
+    write_tiny_bundle,
+)
 
 from latent_onnx import BundleError, Pipeline, load_bundle
 from latent_onnx.bundle import DEFAULT_BUNDLE, resolve_bundle_dir, shipped_models_dir
@@ -288,14 +297,7 @@ PRIOR_FILES = {
 
 @pytest.mark.parametrize("name", PRIOR_FILES)
 def test_malformed_prior_files_are_bundle_errors(tiny_bundle, name):
-    (tiny_bundle / "prior.npz").write_bytes(PRIOR_FILES[name])
-    prior = {
-        "kind": "gaussian_mixture",
-        "file": "prior.npz",
-        "sha256": sha256_file(tiny_bundle / "prior.npz"),
-        "components": 2,
-    }
-    edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=prior))
+    use_prior_file(tiny_bundle, PRIOR_FILES[name], components=2)
     with pytest.raises(BundleError, match="prior.npz"):
         load_bundle(tiny_bundle)
 

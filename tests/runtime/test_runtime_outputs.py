@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from runtime_bundles import D, edit_manifest, sha256_file
+from runtime_bundles import D, edit_manifest, sha256_file, use_mixture_prior
 
 from latent_onnx import Pipeline
 from latent_onnx.cli import cli
@@ -103,14 +103,8 @@ def test_every_png_carries_the_command_that_regenerates_its_pixels(
 
 def test_an_init_image_run_records_the_start_it_used(run, tiny_bundle, tmp_path):
     means = np.random.default_rng(1).normal(0, 1, (3, D))
-    np.savez(tiny_bundle / "prior.npz", weights=np.full(3, 1 / 3), means=means, scale_tril=np.stack([np.eye(D)] * 3))
-    prior = {
-        "kind": "gaussian_mixture",
-        "file": "prior.npz",
-        "sha256": sha256_file(tiny_bundle / "prior.npz"),
-        "components": 3,
-    }
-    edit_manifest(tiny_bundle, lambda m: (m["latent"].update(prior=prior), m["sampler"].update(start="conditioned")))
+    use_mixture_prior(tiny_bundle, np.full(3, 1 / 3), means, np.stack([np.eye(D)] * 3))
+    edit_manifest(tiny_bundle, lambda m: m["sampler"].update(start="conditioned"))
     Image.new("RGB", (4, 4), (10, 200, 30)).save("init.png")
     done = run(
         "generate",
@@ -144,14 +138,7 @@ def test_pixels_and_codes_do_not_depend_on_the_batch_size(tiny_bundle, prior):
     if prior == "mixture":
         means = np.random.default_rng(4).normal(0, 1, (5, D))
         tril = np.stack([np.tril(np.random.default_rng(m).normal(0, 0.1, (D, D)), -1) + np.eye(D) for m in range(5)])
-        np.savez(tiny_bundle / "prior.npz", weights=np.full(5, 0.2), means=means, scale_tril=tril)
-        spec = {
-            "kind": "gaussian_mixture",
-            "file": "prior.npz",
-            "sha256": sha256_file(tiny_bundle / "prior.npz"),
-            "components": 5,
-        }
-        edit_manifest(tiny_bundle, lambda m: m["latent"].update(prior=spec))
+        use_mixture_prior(tiny_bundle, np.full(5, 0.2), means, tril)
     pipe = Pipeline.from_bundle(tiny_bundle, device="cpu")
     for method in ("sgld", "mala"):
         runs = [

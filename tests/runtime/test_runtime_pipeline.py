@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
-from runtime_bundles import D, H, K, T, W, edit_manifest, sha256_file
+from runtime_bundles import D, H, K, T, W, edit_manifest, use_mixture_prior
 
 from latent_onnx import GenerateOptions, InputError, Pipeline
 from latent_onnx.errors import SamplingError
@@ -286,19 +286,9 @@ def test_a_preset_can_replace_the_bundle_clip(tiny_bundle):
 
 
 def _with_mixture_prior(bundle_dir, means: np.ndarray, spread: float) -> None:
-    arrays = {
-        "weights": np.full(len(means), 1 / len(means)),
-        "means": means,
-        "scale_tril": np.stack([spread * np.eye(D)] * len(means)),
-    }
-    np.savez(bundle_dir / "prior.npz", **arrays)
-    prior = {
-        "kind": "gaussian_mixture",
-        "file": "prior.npz",
-        "sha256": sha256_file(bundle_dir / "prior.npz"),
-        "components": len(means),
-    }
-    edit_manifest(bundle_dir, lambda m: m["latent"].update(prior=prior))
+    use_mixture_prior(
+        bundle_dir, np.full(len(means), 1 / len(means)), means, np.stack([spread * np.eye(D)] * len(means))
+    )
 
 
 def test_a_conditioned_start_draws_components_by_their_likelihood(tiny_bundle):
