@@ -8,17 +8,34 @@ The runtime needs NumPy and ONNX Runtime only (never torch). Typical use:
     result.images[0].save("sneaker.png")
 """
 
+import importlib
 from importlib import metadata
 
-from .bundle import Bundle, load_bundle
 from .errors import BundleError, DeviceError, InputError, LatentOnnxError, OutputError
-from .pipeline import GenerateOptions, GenerationResult, Pipeline
-from .sampler import SamplerConfig, SGLDSampler
 
 try:
     __version__ = metadata.version("latent-onnx")
 except metadata.PackageNotFoundError:  # running from a source checkout
     __version__ = "0+source"
+
+# Loaded on first use (PEP 562), so that `import latent_onnx` and the CLI's entry point work without
+# ONNX Runtime installed and the CLI can say what to install in one line.
+_LAZY = {
+    "Bundle": ".bundle",
+    "load_bundle": ".bundle",
+    "GenerateOptions": ".pipeline",
+    "GenerationResult": ".pipeline",
+    "Pipeline": ".pipeline",
+    "SamplerConfig": ".sampler",
+    "SGLDSampler": ".sampler",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'latent_onnx' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)
+
 
 __all__ = [
     "Bundle",

@@ -27,6 +27,10 @@ class DeviceError(LatentOnnxError):
     exit_code = 4
 
 
+class RuntimeMissingError(DeviceError, ImportError):
+    """ONNX Runtime is not installed (the base install has none: the cpu or gpu extra brings it)."""
+
+
 class OutputError(LatentOnnxError):
     """An output file cannot be written (or would overwrite an existing file)."""
 

@@ -14,18 +14,18 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .bundle import Bundle
+from .contracts import CONTRACTS
+from .errors import BundleError, DeviceError, InputError, RuntimeMissingError
+from .onnx_scan import op_types
+
 try:
     import onnxruntime as ort
 except ImportError as _error:  # the base install has no ONNX Runtime: the cpu or gpu extra brings it
-    raise ImportError(
+    raise RuntimeMissingError(
         "latent-onnx needs ONNX Runtime, from one of its extras: pip install 'latent-onnx[cpu]' (CPU),"
         " or pip install 'latent-onnx[gpu]' (NVIDIA CUDA); not both"
     ) from _error
-
-from .bundle import Bundle
-from .contracts import CONTRACTS
-from .errors import BundleError, DeviceError, InputError
-from .onnx_scan import op_types
 
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"

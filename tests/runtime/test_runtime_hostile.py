@@ -438,3 +438,16 @@ def test_export_help_works_without_torch(tmp_path):
 def test_pipeline_from_a_path_object_is_always_a_path(tiny_bundle_template, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert Pipeline.from_bundle(Path(os.path.relpath(tiny_bundle_template)), device="cpu").bundle.name == "tiny"
+
+
+def test_without_onnx_runtime_the_package_imports_and_the_cli_says_what_to_install():
+    # a process where `import onnxruntime` fails, as on a base install without the cpu or gpu extra
+    script = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "import latent_onnx; print(latent_onnx.__version__)\n"
+        "from latent_onnx.__main__ import main; main(['classes'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "pip install 'latent-onnx[cpu]'" in done.stderr and done.stderr.startswith("latent-onnx: error: ")
