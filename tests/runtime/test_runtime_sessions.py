@@ -72,7 +72,7 @@ def test_a_cuda_provider_that_does_not_start_is_named_in_one_line(monkeypatch):
     assert "\n" not in message and sessions.GPU_INSTALL in message and "--device cpu" in message
 
 
-def test_without_onnx_runtime_the_import_says_which_extra_to_install(tmp_path):
+def test_without_onnx_runtime_using_the_pipeline_says_which_extra_to_install(tmp_path):
     import subprocess
     import sys
 
@@ -80,7 +80,7 @@ def test_without_onnx_runtime_the_import_says_which_extra_to_install(tmp_path):
         "raise ImportError('No module named onnxruntime')\n"
     )  # as if not installed
     done = subprocess.run(
-        [sys.executable, "-c", "import latent_onnx"],
+        [sys.executable, "-c", "from latent_onnx import Pipeline"],
         capture_output=True,
         text=True,
         env={"PYTHONPATH": f"{tmp_path}:{sessions.__file__.rsplit('/latent_onnx/', 1)[0]}", "PATH": ""},
