@@ -28,7 +28,7 @@ from .bundle import BUNDLE_ENV, DEFAULT_BUNDLE, load_bundle
 from .conditioning import ClassIndex
 from .dataset import BACKENDS as DATASET_BACKENDS
 from .dataset import FORMATS as DATASET_FORMATS
-from .errors import InputError, LatentOnnxError, OutputError, printable
+from .errors import InputError, LatentOnnxError, OutputError, exit_with_error, printable
 from .images import (
     GUTTER_GREY,
     PNG_TEXT_KEY,
@@ -70,11 +70,6 @@ Examples:
 )
 
 
-def _fail(prog: str, message: str, code: int) -> NoReturn:
-    click.echo(f"{prog}: error: {printable(' '.join(message.split()))}", err=True)
-    sys.exit(code)
-
-
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
@@ -91,11 +86,11 @@ def run_command(
         click.echo(error.format_message(), err=True)
         sys.exit(error.exit_code)
     except click.ClickException as error:
-        _fail(prog, error.format_message(), error.exit_code)
+        exit_with_error(prog, error.format_message(), error.exit_code)
     except LatentOnnxError as error:
-        _fail(prog, str(error), error.exit_code)
+        exit_with_error(prog, str(error), error.exit_code)
     except (click.Abort, KeyboardInterrupt):
-        _fail(prog, "interrupted", 130)
+        exit_with_error(prog, "interrupted", 130)
     sys.exit(result if isinstance(result, int) else 0)
 
 

@@ -1,6 +1,8 @@
 """User-facing errors: each carries a one-line message that says what is wrong and what to do."""
 
+import sys
 import unicodedata
+from typing import NoReturn
 
 
 class LatentOnnxError(Exception):
@@ -49,3 +51,10 @@ def printable(text) -> str:
     return "".join(
         char if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp") else ascii(char)[1:-1] for char in str(text)
     )
+
+
+def exit_with_error(prog: str, message: str, code: int) -> NoReturn:
+    """Print `PROG: error: MESSAGE` as one printable line on stderr and exit with `code`: the one error printer
+    of every command (it needs neither click nor ONNX Runtime, so it works when the runtime is missing)."""
+    print(f"{prog}: error: {printable(' '.join(str(message).split()))}", file=sys.stderr, flush=True)
+    sys.exit(code)
