@@ -129,25 +129,29 @@ class LSTMCell(nn.Module):
 
 
 class Captioner(nn.Module):
-    """Factored two-layer LRCN: lstm1 reads words, lstm2 reads lstm1 and the head's hidden features.
+    """Factored two-layer LRCN: lstm1 reads words, lstm2 reads lstm1 and the code's features.
 
-    forward(z [B, D], tokens [B, T] int64, mask [B, T] float32) -> logp [B]: the masked sum of
-    log p(tokens[t] | tokens[<t], z), with `<eos>` (id 0) fed as the first input (teacher forcing).
+    The features are the captioner's own two-layer MLP of z (not the class head's), so the head and
+    the captioner are trained apart. forward(z [B, D], tokens [B, T] int64, mask [B, T] float32) ->
+    logp [B]: the masked sum of log p(tokens[t] | tokens[<t], z), with `<eos>` (id 0) fed as the
+    first input (teacher forcing).
     """
 
-    def __init__(self, head: Head, vocab_size: int, embed: int = 64, hidden: int = 128):
+    def __init__(self, latent_dim: int, vocab_size: int, features: int = 256, embed: int = 64, hidden: int = 128):
         super().__init__()
-        self.head = head
         self.hidden_size = hidden
+        self.features = nn.Sequential(
+            nn.Linear(latent_dim, features), nn.ReLU(), nn.Linear(features, features), nn.ReLU()
+        )
         self.embed = nn.Embedding(vocab_size, embed)
         self.lstm1 = LSTMCell(embed, hidden)
-        self.lstm2 = LSTMCell(hidden + head.fc2.out_features, hidden)
+        self.lstm2 = LSTMCell(hidden + features, hidden)
         self.predict = nn.Linear(hidden, vocab_size)
 
     def token_logp(self, z: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """log p(tokens[b, t] | tokens[b, <t], z) as [B, T] float32."""
         batch, length = tokens.shape
-        static = self.head.hidden(z)
+        static = self.features(z)
         inputs = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], 1)
         words = self.embed(inputs)
         h1 = c1 = h2 = c2 = z.new_zeros(batch, self.hidden_size)
@@ -161,6 +165,36 @@ class Captioner(nn.Module):
 
     def forward(self, z: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (self.token_logp(z, tokens) * mask).sum(1)
+
+
+class Teacher(nn.Module):
+    """The recipe's pixel-space judge: x [B, 3, 32, 32] in [0, 1] -> (class logits [B, 10], colour logits [B, 8]).
+
+    Trained on real images; it labels decoded codes G(f(u)), so that the head and the captioner learn
+    what the generator actually draws at u rather than which training image u came from.
+    """
+
+    def __init__(self, width: int = 32, classes: int = 10, colours: int = 8):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width, 3, 1, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1),  # 16x16
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 4, 2, 1),  # 8x8
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * width, 4 * width, 4, 2, 1),  # 4x4
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(4 * width * 16, 256),
+            nn.LeakyReLU(0.2),
+        )
+        self.klass = nn.Linear(256, classes)
+        self.colour = nn.Linear(256, colours)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x)
+        return self.klass(h), self.colour(h)
 
 
 class Discriminator(nn.Module):

@@ -1,13 +1,19 @@
-"""Training of the fashion-colors networks in five resumable stages, on CPU.
+"""Training of the fashion-colors networks in six resumable stages, on CPU.
 
 1. autoencoder: encoder E and generator G on pixels, with an auxiliary linear class loss on the
    code and Gaussian noise on the code before G (so G decodes a neighbourhood of each code).
 2. whitening: whiten E's codes (mean/Cholesky baked into E and G as buffers).
 3. flow: a Real NVP flow f from u ~ N(0, I) to the whitened codes, by maximum likelihood; the
    bundle's latent is u (generator G(f(u)), encoder f^-1(E(x))), so its prior is exactly N(0, I).
-4. head: the MLP head and the LRCN captioner, jointly, on u = f^-1(E(x)) of training images with noise.
+4. teacher: a pixel-space CNN of class and colour, trained on the real training images.
 5. generator: G fine-tuned DeePSiM-style (pixel + feature loss in E's space + adversarial) on
-   codes, plus, on flow samples f(u), adversarial and cycle (E(G(f(u))) = f(u)) losses.
+   codes, plus, on flow samples f(u), adversarial, cycle (E(G(f(u))) = f(u)) and colour-purity
+   (the teacher's colour entropy of G(f(u))) losses.
+6. head: the MLP head and the LRCN captioner, distilled from the teacher on a pool of codes
+   u = sqrt(1 - a^2) f^-1(E(x)) + a eps (eps ~ N(0, I), a ~ U(0, 1) per code), each labelled by the
+   teacher's class and colour probabilities for the decoded image G(f(u)). The pool spans the path
+   of a chain from N(0, I) to the data, and its labels say what the generator draws at u, so the
+   gradient that steers a chain points to codes that decode to the requested class.
 
 Everything lives in one checkpoint file, rewritten (temp name, then rename) after every epoch;
 the checkpoint stores a hash of the configuration and a resumed run refuses a different one.
@@ -27,12 +33,13 @@ import torch
 from torch.nn import functional as F
 
 from export_tools import write_atomically
-from export_tools.nets.fashion import Captioner, Discriminator, Encoder, Generator, Head
+from export_tools.nets.fashion import Captioner, Discriminator, Encoder, Generator, Head, Teacher
 from export_tools.nets.flow import RealNVP, flow_loss
 from export_tools.recipes.errors import RecipeError
-from export_tools.recipes.fashion_data import CLASS_NAMES, DATA_DIR, CaptionTable, load_split, vocabulary
+from export_tools.recipes.fashion_data import CLASS_NAMES, COLOUR_NAMES, DATA_DIR, CaptionTable, load_split, vocabulary
 
-STAGES = ("autoencoder", "whitening", "flow", "head", "generator")
+STAGES = ("autoencoder", "whitening", "flow", "teacher", "generator", "head")
+RECIPE_VERSION = 2  # the networks and stages a checkpoint holds; another version's checkpoint is refused
 
 
 @dataclass
@@ -41,21 +48,23 @@ class TrainConfig:
     width: int = 32  # channels of the first conv layer of E, G and D
     head_hidden: int = 256  # width of the MLP head's hidden layers
     batch_size: int = 128  # images per optimisation step
-    lr: float = 2e-3  # Adam learning rate of stages 1 and 3 (stage 3 uses half)
+    lr: float = 2e-3  # Adam learning rate of the autoencoder, teacher and head (the generator uses half)
     autoencoder_epochs: int = 5  # stage 1 passes over the training set
     flow_epochs: int = 24  # stage 3 passes (cheap: the flow on 64-d codes)
-    head_epochs: int = 10  # stage 4 passes (cheap: MLP and LSTM on codes)
-    generator_epochs: int = 1  # stage 5 passes
+    teacher_epochs: int = 2  # stage 4 passes (a small CNN on real images)
+    generator_epochs: int = 2  # stage 5 passes
+    head_epochs: int = 3  # stage 6 passes over the distillation pool (MLP and LSTM on codes)
     code_noise: float = 0.2  # std of the noise added to the unit-variance raw code before G in stage 1
     flow_couplings: int = 12  # affine couplings of the flow
     flow_hidden: int = 256  # width of each coupling's MLP
     flow_lr: float = 1e-3  # Adam learning rate of the flow (cosine-decayed over its epochs)
     flow_code_noise: float = 0.05  # std of the noise added to whitened codes when fitting the flow (smooths it)
-    head_code_noise: float = 0.5  # std of the noise added to u = f^-1(code) when training the head (its smoothness)
+    pool_copies: int = 3  # stage 6: codes in the distillation pool per training image (each with its own a, eps)
     class_weight: float = 0.05  # weight of the auxiliary class loss on the code in stage 1
     feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
     cycle_weight: float = 0.05  # stage 5: weight of |E(G(z)) - z|^2 on flow samples
+    purity_weight: float = 0.0  # stage 5: weight of the teacher's colour entropy of G(f(u)) (one palette colour)
     train_limit: int | None = None  # use only the first N training images (tests, quick trials)
     seed: int = 0  # seed of initialisation, shuffling and noise
 
@@ -65,8 +74,9 @@ class TrainConfig:
             "autoencoder": self.autoencoder_epochs,
             "whitening": 1,
             "flow": self.flow_epochs,
-            "head": self.head_epochs,
+            "teacher": self.teacher_epochs,
             "generator": self.generator_epochs,
+            "head": self.head_epochs,
         }
 
     def identity(self) -> dict:
@@ -88,31 +98,38 @@ class Networks:
     discriminator: Discriminator
     aux_classifier: torch.nn.Linear  # stage 1 only: makes the raw code class-informative
     flow: RealNVP  # u ~ N(0, I) -> whitened code
+    teacher: Teacher  # stage 4: labels the decoded codes the head and captioner are distilled from
 
     @classmethod
     def build(cls, config: TrainConfig, vocab_size: int) -> Networks:
         torch.manual_seed(config.seed)
-        head = Head(config.latent_dim, config.head_hidden, len(CLASS_NAMES))
         return cls(
             encoder=Encoder(config.latent_dim, config.width),
             generator=Generator(config.latent_dim, config.width),
-            head=head,
-            captioner=Captioner(head, vocab_size),
+            head=Head(config.latent_dim, config.head_hidden, len(CLASS_NAMES)),
+            captioner=Captioner(config.latent_dim, vocab_size, config.head_hidden),
             discriminator=Discriminator(config.width),
             aux_classifier=torch.nn.Linear(config.latent_dim, len(CLASS_NAMES)),
             flow=RealNVP(config.latent_dim, config.flow_couplings, config.flow_hidden, seed=config.seed),
+            teacher=Teacher(config.width, len(CLASS_NAMES), len(COLOUR_NAMES)),
         )
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        # the captioner's state includes the head's, so the head is saved through it
         return {
             "encoder": self.encoder,
             "generator": self.generator,
+            "head": self.head,
             "captioner": self.captioner,
             "discriminator": self.discriminator,
             "aux_classifier": self.aux_classifier,
             "flow": self.flow,
+            "teacher": self.teacher,
         }
+
+    def load(self, state: dict) -> None:
+        """Load the module states of a checkpoint read by `load_checkpoint`."""
+        for name, module in self.modules().items():
+            module.load_state_dict(state["modules"][name])
 
 
 @dataclass
@@ -136,6 +153,7 @@ class Trainer:
         self.progress = Progress()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.pending_optimizer_states: dict[str, dict] = {}  # from the checkpoint, applied when a stage starts
+        self.pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see distillation_pool
 
     @property
     def checkpoint_path(self) -> Path:
@@ -154,8 +172,7 @@ class Trainer:
                 f"({describe_config_change(state['config'], self.config.identity())}); "
                 "use the same options or a new --out directory"
             )
-        for name, module in self.nets.modules().items():
-            module.load_state_dict(state["modules"][name])
+        self.nets.load(state)
         self.progress = Progress(**state["progress"])
         self.pending_optimizer_states = state["optimizers"]
         self.log(f"resumed from {self.checkpoint_path}: {self.progress.epochs_done}")
@@ -165,6 +182,7 @@ class Trainer:
         state = {
             "config": asdict(self.config),
             "config_digest": self.config.digest(),
+            "recipe_version": RECIPE_VERSION,
             "modules": {name: module.state_dict() for name, module in self.nets.modules().items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "progress": asdict(self.progress),
@@ -194,8 +212,9 @@ class Trainer:
             "autoencoder": self.autoencoder_epoch,
             "whitening": self.fit_whitening,
             "flow": self.flow_epoch,
-            "head": self.head_epoch,
+            "teacher": self.teacher_epoch,
             "generator": self.generator_epoch,
+            "head": self.head_epoch,
         }
         for stage in STAGES:
             while self.progress.epochs_done[stage] < self.config.stage_epochs()[stage]:
@@ -213,9 +232,9 @@ class Trainer:
                 )
         return self.progress
 
-    def batches(self):
-        """Shuffled index batches over the training set (the seed is set per epoch by `run`)."""
-        order = torch.randperm(len(self.labels))
+    def batches(self, count: int | None = None):
+        """Shuffled index batches over `count` items (default: the training set; the seed is set per epoch by `run`)."""
+        order = torch.randperm(len(self.labels) if count is None else count)
         size = self.config.batch_size
         return [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
 
@@ -309,42 +328,37 @@ class Trainer:
         self.nets.flow.eval()
         return self.nets.flow(torch.randn(count, self.config.latent_dim))
 
-    # -- stage 5 --------------------------------------------------------------------------
+    # -- stage 4 --------------------------------------------------------------------------
 
-    def head_epoch(self, epoch: int) -> dict[str, float]:
-        nets, cfg = self.nets, self.config
-        codes = self.flow_codes()
-        opt = self.optimizer("head", nets.captioner.parameters(), cfg.lr)
-        rng = np.random.default_rng([cfg.seed, 3, epoch])
-        sums = {"class": 0.0, "caption": 0.0, "accuracy": 0.0}
+    def teacher_epoch(self, epoch: int) -> dict[str, float]:
+        teacher = self.nets.teacher.train()
+        opt = self.optimizer("teacher", teacher.parameters(), self.config.lr)
+        sums = {"class": 0.0, "colour": 0.0}
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
-            u = codes[index] + cfg.head_code_noise * torch.randn(len(index), cfg.latent_dim)
-            labels, colours = self.labels[index], self.colours[index]
-            tokens, mask = (torch.from_numpy(a) for a in self.captions.sample(labels.numpy(), colours.numpy(), rng))
-            logits = nets.head(u)
-            klass = F.cross_entropy(logits, labels)
-            caption = -(nets.captioner(u, tokens, mask)).mean()
-            loss = klass + caption
+            class_logits, colour_logits = teacher(self.pixels(index))
+            klass = F.cross_entropy(class_logits, self.labels[index])
+            colour = F.cross_entropy(colour_logits, self.colours[index])
             opt.zero_grad()
-            loss.backward()
+            (klass + colour).backward()
             opt.step()
             sums["class"] += klass.item()
-            sums["caption"] += caption.item()
-            sums["accuracy"] += (logits.argmax(1) == labels).float().mean().item()
-            self.report("head", step, len(batches), started, sums)
+            sums["colour"] += colour.item()
+            self.report("teacher", step, len(batches), started, sums)
+        teacher.eval()
         return {k: v / len(batches) for k, v in sums.items()}
 
     # -- stage 5 --------------------------------------------------------------------------
 
     def generator_epoch(self, epoch: int) -> dict[str, float]:
         nets, cfg = self.nets, self.config
-        encoder, generator, disc = nets.encoder, nets.generator, nets.discriminator
-        encoder.eval()
-        encoder.requires_grad_(False)
+        encoder, generator, disc, teacher = nets.encoder, nets.generator, nets.discriminator, nets.teacher
+        for frozen in (encoder, teacher):
+            frozen.eval()
+            frozen.requires_grad_(False)
         opt_g = self.optimizer("generator", generator.parameters(), cfg.lr / 2)
         opt_d = self.optimizer("discriminator", disc.parameters(), cfg.lr / 2)
-        sums = {"pixel": 0.0, "feature": 0.0, "cycle": 0.0, "adv_g": 0.0, "adv_d": 0.0}
+        sums = {"pixel": 0.0, "feature": 0.0, "cycle": 0.0, "purity": 0.0, "adv_g": 0.0, "adv_d": 0.0}
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
             x = self.pixels(index)
@@ -365,7 +379,15 @@ class Trainer:
             feature = sum(F.mse_loss(a, b) for a, b in zip(encoder.features(recon), target_features))
             cycle = F.mse_loss(encoder(sampled), z_prior)
             adv_g = F.softplus(-disc(torch.cat([recon, sampled]))).mean()
-            loss = pixel + cfg.feature_weight * feature + cfg.cycle_weight * cycle + cfg.adversarial_weight * adv_g
+            colour_logp = teacher(sampled)[1].log_softmax(1)
+            purity = -(colour_logp.exp() * colour_logp).sum(1).mean()  # entropy: 0 for one palette colour
+            loss = (
+                pixel
+                + cfg.feature_weight * feature
+                + cfg.cycle_weight * cycle
+                + cfg.purity_weight * purity
+                + cfg.adversarial_weight * adv_g
+            )
             opt_g.zero_grad()
             loss.backward()
             opt_g.step()
@@ -373,11 +395,60 @@ class Trainer:
                 ("pixel", pixel),
                 ("feature", feature),
                 ("cycle", cycle),
+                ("purity", purity),
                 ("adv_g", adv_g),
                 ("adv_d", adv_d),
             ):
                 sums[key] += value.item()
             self.report("generator", step, len(batches), started, sums)
+        return {k: v / len(batches) for k, v in sums.items()}
+
+    # -- stage 6 --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def distillation_pool(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The head's training set, built once per process from its own seed (a resumed run rebuilds the same):
+        u float32 [P, D], teacher class probabilities [P, 10] and colour probabilities [P, 8] of G(f(u))."""
+        if self.pool is None:
+            cfg, nets = self.config, self.nets
+            nets.generator.eval()
+            nets.teacher.eval()
+            data = self.flow_codes().repeat(cfg.pool_copies, 1)
+            generator = torch.Generator().manual_seed(cfg.seed * 1000 + 999)
+            a = torch.rand(len(data), 1, generator=generator)
+            u = (1 - a**2).sqrt() * data + a * torch.randn(data.shape, generator=generator)
+            classes, colours = [], []
+            for i in range(0, len(u), 1000):
+                class_logits, colour_logits = nets.teacher(nets.generator(nets.flow(u[i : i + 1000])))
+                classes.append(class_logits.softmax(1))
+                colours.append(colour_logits.softmax(1))
+            self.pool = (u, torch.cat(classes), torch.cat(colours))
+        return self.pool
+
+    def head_epoch(self, epoch: int) -> dict[str, float]:
+        nets, cfg = self.nets, self.config
+        u_pool, class_pool, colour_pool = self.distillation_pool()
+        opt = self.optimizer("head", [*nets.head.parameters(), *nets.captioner.parameters()], cfg.lr)
+        rng = np.random.default_rng([cfg.seed, 6, epoch])
+        sums = {"class": 0.0, "caption": 0.0, "agreement": 0.0}
+        batches, started = self.batches(len(u_pool)), time.time()
+        for step, index in enumerate(batches):
+            u, class_probs, colour_probs = u_pool[index], class_pool[index], colour_pool[index]
+            # captions of a class and a colour drawn from the teacher's probabilities, so that the
+            # captioner learns p(caption | u) as the teacher sees G(f(u))
+            labels = torch.multinomial(class_probs, 1).squeeze(1).numpy()
+            colours = torch.multinomial(colour_probs, 1).squeeze(1).numpy()
+            tokens, mask = (torch.from_numpy(a) for a in self.captions.sample(labels, colours, rng))
+            logits = nets.head(u)
+            klass = -(class_probs * logits.log_softmax(1)).sum(1).mean()
+            caption = -(nets.captioner(u, tokens, mask)).mean()
+            opt.zero_grad()
+            (klass + caption).backward()
+            opt.step()
+            sums["class"] += klass.item()
+            sums["caption"] += caption.item()
+            sums["agreement"] += (logits.argmax(1) == class_probs.argmax(1)).float().mean().item()
+            self.report("head", step, len(batches), started, sums)
         return {k: v / len(batches) for k, v in sums.items()}
 
 
@@ -389,6 +460,11 @@ def load_checkpoint(path: Path) -> dict:
         raise RecipeError(f"cannot read checkpoint {path} ({error}); delete it or pick another --out") from None
     if not isinstance(state, dict) or "config_digest" not in state:
         raise RecipeError(f"{path} is not a fashion recipe checkpoint; delete it or pick another --out")
+    if state.get("recipe_version", 1) != RECIPE_VERSION:
+        raise RecipeError(
+            f"{path} was made by version {state.get('recipe_version', 1)} of the recipe, this is version "
+            f"{RECIPE_VERSION}; train again into a new --out directory"
+        )
     return state
 
 
@@ -413,7 +489,7 @@ def trained_networks(out_dir: Path) -> tuple[TrainConfig, Networks, list[str]]:
             f"resume it: python -m export_tools.recipes.fashion train --out {out_dir}"
         )
     nets = Networks.build(config, len(state["vocabulary"]))
-    for name, module in nets.modules().items():
-        module.load_state_dict(state["modules"][name])
+    nets.load(state)
+    for module in nets.modules().values():
         module.eval()
     return config, nets, state["vocabulary"]

@@ -15,8 +15,10 @@ TINY = dict(
     flow_epochs=2,
     flow_couplings=4,
     flow_hidden=16,
-    head_epochs=1,
     generator_epochs=1,
+    teacher_epochs=1,
+    head_epochs=1,
+    pool_copies=2,
 )
 
 
@@ -45,6 +47,34 @@ def test_finished_run_gives_whitened_codes_an_invertible_flow_and_working_heads(
         assert logp.shape == (4,) and (logp < 0).all()
 
 
+def test_head_is_distilled_from_the_teacher_on_a_pool_from_data_to_prior(tiny_run, tiny_dataset):
+    trainer = Trainer(TrainConfig(**TINY), tiny_run, tiny_dataset, log=lambda line: None)
+    trainer.resume()
+    trainer.run()  # finished: loads the data, trains nothing
+    u, class_probs, colour_probs = trainer.distillation_pool()
+    assert u.shape == (2 * 960, 8) and class_probs.shape == (2 * 960, 10) and colour_probs.shape == (2 * 960, 8)
+    assert torch.allclose(class_probs.sum(1), torch.ones(len(u))) and torch.allclose(
+        colour_probs.sum(1), torch.ones(len(u))
+    )
+    assert trainer.distillation_pool() is trainer.distillation_pool()  # built once
+    # the teacher reads the real training images it was trained on
+    train = load_split("train", tiny_dataset)
+    with torch.no_grad():
+        class_logits, _ = trainer.nets.teacher(torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255)
+        assert (class_logits.argmax(1).numpy() == train.labels).mean() > 0.5
+        # the head follows the teacher's labels of the decoded codes, not chance
+        agreement = (trainer.nets.head(u).argmax(1) == class_probs.argmax(1)).float().mean()
+    assert agreement > 0.3
+
+
+def test_checkpoint_of_another_recipe_version_is_refused(tiny_run, tmp_path):
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
+    state["recipe_version"] = 1
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ExportError, match="made by version 1 of the recipe, this is version 2"):
+        trained_networks(tmp_path)
+
+
 def test_resume_refuses_another_configuration(tiny_run, tiny_dataset):
     changed = Trainer(TrainConfig(**{**TINY, "code_noise": 0.5}), tiny_run, tiny_dataset, log=lambda line: None)
     with pytest.raises(ExportError, match=r"another configuration \(code_noise: 0\.2 -> 0\.5\)"):
@@ -55,7 +85,14 @@ def test_resume_extends_a_run_without_repeating_finished_epochs(tiny_run, tiny_d
     lines = []
     extended = Trainer(TrainConfig(**{**TINY, "head_epochs": 2}), tiny_run, tiny_dataset, log=lines.append)
     progress = extended.run()
-    assert progress.epochs_done == {"autoencoder": 1, "whitening": 1, "flow": 2, "head": 2, "generator": 1}
+    assert progress.epochs_done == {
+        "autoencoder": 1,
+        "whitening": 1,
+        "flow": 2,
+        "generator": 1,
+        "teacher": 1,
+        "head": 2,
+    }
     assert [line for line in lines if "done in" in line] == [next(text for text in lines if "[head] epoch 2/2" in text)]
 
 
