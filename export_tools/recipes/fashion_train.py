@@ -379,8 +379,9 @@ class Trainer:
             feature = sum(F.mse_loss(a, b) for a, b in zip(encoder.features(recon), target_features))
             cycle = F.mse_loss(encoder(sampled), z_prior)
             adv_g = F.softplus(-disc(torch.cat([recon, sampled]))).mean()
-            colour_logp = teacher(sampled)[1].log_softmax(1)
-            purity = -(colour_logp.exp() * colour_logp).sum(1).mean()  # entropy: 0 for one palette colour
+            with torch.set_grad_enabled(cfg.purity_weight > 0):  # only logged at weight 0: no backward through it
+                colour_logp = teacher(sampled)[1].log_softmax(1)
+                purity = -(colour_logp.exp() * colour_logp).sum(1).mean()  # entropy: 0 for one palette colour
             loss = (
                 pixel
                 + cfg.feature_weight * feature
