@@ -13,7 +13,10 @@
    u = sqrt(1 - a^2) f^-1(E(x)) + a eps (eps ~ N(0, I), a ~ U(0, 1) per code), each labelled by the
    teacher's class and colour probabilities for the decoded image G(f(u)). The pool spans the path
    of a chain from N(0, I) to the data, and its labels say what the generator draws at u, so the
-   gradient that steers a chain points to codes that decode to the requested class.
+   gradient that steers a chain points to codes that decode to the requested class. A linear probe
+   (training only) distils the same probabilities onto the captioner's features, so that they carry
+   the class and colour as clearly as the head's do. The pool is cached on disk beside the
+   checkpoint, keyed by the networks that label it, so that extending the head stage reuses it.
 
 Everything lives in one checkpoint file, rewritten (temp name, then rename) after every epoch;
 the checkpoint stores a hash of the configuration and a resumed run refuses a different one.
@@ -60,6 +63,9 @@ class TrainConfig:
     flow_lr: float = 1e-3  # Adam learning rate of the flow (cosine-decayed over its epochs)
     flow_code_noise: float = 0.05  # std of the noise added to whitened codes when fitting the flow (smooths it)
     pool_copies: int = 3  # stage 6: codes in the distillation pool per training image (each with its own a, eps)
+    caption_feature_weight: float = (
+        1.0  # stage 6: weight of the teacher's class and colour, distilled onto the captioner's features
+    )
     class_weight: float = 0.05  # weight of the auxiliary class loss on the code in stage 1
     feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
@@ -99,6 +105,7 @@ class Networks:
     aux_classifier: torch.nn.Linear  # stage 1 only: makes the raw code class-informative
     flow: RealNVP  # u ~ N(0, I) -> whitened code
     teacher: Teacher  # stage 4: labels the decoded codes the head and captioner are distilled from
+    caption_probe: torch.nn.Linear  # stage 6 only: class and colour logits from the captioner's features
 
     @classmethod
     def build(cls, config: TrainConfig, vocab_size: int) -> Networks:
@@ -112,6 +119,8 @@ class Networks:
             aux_classifier=torch.nn.Linear(config.latent_dim, len(CLASS_NAMES)),
             flow=RealNVP(config.latent_dim, config.flow_couplings, config.flow_hidden, seed=config.seed),
             teacher=Teacher(config.width, len(CLASS_NAMES), len(COLOUR_NAMES)),
+            # built last, so that the other networks start as they did before it was added
+            caption_probe=torch.nn.Linear(config.head_hidden, len(CLASS_NAMES) + len(COLOUR_NAMES)),
         )
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -122,6 +131,7 @@ class Networks:
             "captioner": self.captioner,
             "discriminator": self.discriminator,
             "aux_classifier": self.aux_classifier,
+            "caption_probe": self.caption_probe,
             "flow": self.flow,
             "teacher": self.teacher,
         }
@@ -406,11 +416,37 @@ class Trainer:
 
     # -- stage 6 --------------------------------------------------------------------------
 
+    @property
+    def pool_path(self) -> Path:
+        return self.out_dir / "distillation_pool.pt"
+
+    def pool_key(self) -> str:
+        """A digest of everything the pool is made from: the encoder, flow, generator and teacher weights,
+        the copies per image, the seed and the training images used."""
+        digest = hashlib.sha256()
+        for name in ("encoder", "flow", "generator", "teacher"):
+            for key, tensor in sorted(self.nets.modules()[name].state_dict().items()):
+                digest.update(key.encode())
+                digest.update(tensor.detach().contiguous().numpy().tobytes())
+        digest.update(json.dumps([self.config.pool_copies, self.config.seed, len(self.labels)]).encode())
+        return digest.hexdigest()[:16]
+
     @torch.no_grad()
     def distillation_pool(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The head's training set, built once per process from its own seed (a resumed run rebuilds the same):
-        u float32 [P, D], teacher class probabilities [P, 10] and colour probabilities [P, 8] of G(f(u))."""
+        """The head's training set, built once from its own seed and cached in `pool_path` under `pool_key`
+        (a cache of other networks is rebuilt): u float32 [P, D], teacher class probabilities [P, 10] and
+        colour probabilities [P, 8] of G(f(u))."""
         if self.pool is None:
+            key = self.pool_key()
+            if self.pool_path.exists():
+                try:
+                    cached = torch.load(self.pool_path, map_location="cpu", weights_only=True)
+                except Exception:  # a damaged cache is rebuilt
+                    cached = {}
+                if cached.get("key") == key:
+                    self.pool = (cached["u"], cached["class_probs"], cached["colour_probs"])
+                    self.log(f"[head] distillation pool: {len(cached['u'])} codes read from {self.pool_path}")
+                    return self.pool
             cfg, nets, started = self.config, self.nets, time.time()
             nets.generator.eval()
             nets.teacher.eval()
@@ -425,14 +461,18 @@ class Trainer:
                 colours.append(colour_logits.softmax(1))
             self.pool = (u, torch.cat(classes), torch.cat(colours))
             self.log(f"[head] distillation pool: {len(u)} codes decoded and labelled in {time.time() - started:.0f}s")
+            state = {"key": key, "u": self.pool[0], "class_probs": self.pool[1], "colour_probs": self.pool[2]}
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.pool_path, lambda temp: torch.save(state, temp))
         return self.pool
 
     def head_epoch(self, epoch: int) -> dict[str, float]:
         nets, cfg = self.nets, self.config
         u_pool, class_pool, colour_pool = self.distillation_pool()
-        opt = self.optimizer("head", [*nets.head.parameters(), *nets.captioner.parameters()], cfg.lr)
+        params = [*nets.head.parameters(), *nets.captioner.parameters(), *nets.caption_probe.parameters()]
+        opt = self.optimizer("head", params, cfg.lr)
         rng = np.random.default_rng([cfg.seed, 6, epoch])
-        sums = {"class": 0.0, "caption": 0.0, "agreement": 0.0}
+        sums = {"class": 0.0, "caption": 0.0, "probe": 0.0, "agreement": 0.0}
         batches, started = self.batches(len(u_pool)), time.time()
         for step, index in enumerate(batches):
             u, class_probs, colour_probs = u_pool[index], class_pool[index], colour_pool[index]
@@ -444,11 +484,19 @@ class Trainer:
             logits = nets.head(u)
             klass = -(class_probs * logits.log_softmax(1)).sum(1).mean()
             caption = -(nets.captioner(u, tokens, mask)).mean()
+            probe_class, probe_colour = nets.caption_probe(nets.captioner.features(u)).split(
+                [len(CLASS_NAMES), len(COLOUR_NAMES)], 1
+            )
+            probe = (
+                -(class_probs * probe_class.log_softmax(1)).sum(1).mean()
+                - (colour_probs * probe_colour.log_softmax(1)).sum(1).mean()
+            )
             opt.zero_grad()
-            (klass + caption).backward()
+            (klass + caption + cfg.caption_feature_weight * probe).backward()
             opt.step()
             sums["class"] += klass.item()
             sums["caption"] += caption.item()
+            sums["probe"] += probe.item()
             sums["agreement"] += (logits.argmax(1) == class_probs.argmax(1)).float().mean().item()
             self.report("head", step, len(batches), started, sums)
         return {k: v / len(batches) for k, v in sums.items()}

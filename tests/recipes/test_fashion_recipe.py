@@ -64,7 +64,32 @@ def test_head_is_distilled_from_the_teacher_on_a_pool_from_data_to_prior(tiny_ru
         assert (class_logits.argmax(1).numpy() == train.labels).mean() > 0.5
         # the head follows the teacher's labels of the decoded codes, not chance
         agreement = (trainer.nets.head(u).argmax(1) == class_probs.argmax(1)).float().mean()
-    assert agreement > 0.3
+        # and so do the captioner's features, through the training-only probe
+        probe = trainer.nets.caption_probe(trainer.nets.captioner.features(u))[:, : len(CLASS_NAMES)]
+        probe_agreement = (probe.argmax(1) == class_probs.argmax(1)).float().mean()
+    assert agreement > 0.3 and probe_agreement > 0.3
+
+
+def test_distillation_pool_is_cached_for_the_same_networks_and_rebuilt_for_others(tiny_run, tiny_dataset):
+    def pool_of(trainer):
+        lines = []
+        trainer.log = lines.append
+        trainer.run()  # finished: loads the data, trains nothing
+        return trainer.distillation_pool(), [line for line in lines if "distillation pool" in line]
+
+    built = Trainer(TrainConfig(**TINY), tiny_run, tiny_dataset, log=lambda line: None)
+    (u, class_probs, _), lines = pool_of(built)
+    assert built.pool_path.exists() and lines == [
+        f"[head] distillation pool: {len(u)} codes read from {built.pool_path}"
+    ]
+
+    other = Trainer(TrainConfig(**TINY), tiny_run, tiny_dataset, log=lambda line: None)
+    other.resume()
+    with torch.no_grad():
+        other.nets.teacher.klass.bias += 1.0  # another teacher labels differently: the cache does not apply
+    other.resume = lambda: None  # run() must keep the changed teacher
+    (u2, class_probs2, _), lines = pool_of(other)
+    assert "decoded and labelled" in lines[0] and torch.equal(u2, u) and not torch.equal(class_probs2, class_probs)
 
 
 def test_checkpoint_of_another_recipe_version_is_refused(tiny_run, tmp_path):
