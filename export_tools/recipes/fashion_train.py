@@ -63,9 +63,7 @@ class TrainConfig:
     flow_lr: float = 1e-3  # Adam learning rate of the flow (cosine-decayed over its epochs)
     flow_code_noise: float = 0.05  # std of the noise added to whitened codes when fitting the flow (smooths it)
     pool_copies: int = 3  # stage 6: codes in the distillation pool per training image (each with its own a, eps)
-    caption_feature_weight: float = (
-        1.0  # stage 6: weight of the teacher's class and colour, distilled onto the captioner's features
-    )
+    caption_feature_weight: float = 1.0  # stage 6: weight of the probe's loss on the captioner's features
     class_weight: float = 0.05  # weight of the auxiliary class loss on the code in stage 1
     feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
@@ -431,22 +429,29 @@ class Trainer:
         digest.update(json.dumps([self.config.pool_copies, self.config.seed, len(self.labels)]).encode())
         return digest.hexdigest()[:16]
 
+    def cached_pool(self, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The pool saved in `pool_path` if it was made under `key`; None when missing, damaged or of other networks."""
+        if not self.pool_path.exists():
+            return None
+        try:
+            cached = torch.load(self.pool_path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged cache is rebuilt
+            return None
+        if cached.get("key") != key:
+            return None
+        self.log(f"[head] distillation pool: {len(cached['u'])} codes read from {self.pool_path}")
+        return cached["u"], cached["class_probs"], cached["colour_probs"]
+
     @torch.no_grad()
     def distillation_pool(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The head's training set, built once from its own seed and cached in `pool_path` under `pool_key`
         (a cache of other networks is rebuilt): u float32 [P, D], teacher class probabilities [P, 10] and
         colour probabilities [P, 8] of G(f(u))."""
+        if self.pool is not None:
+            return self.pool
+        key = self.pool_key()
+        self.pool = self.cached_pool(key)
         if self.pool is None:
-            key = self.pool_key()
-            if self.pool_path.exists():
-                try:
-                    cached = torch.load(self.pool_path, map_location="cpu", weights_only=True)
-                except Exception:  # a damaged cache is rebuilt
-                    cached = {}
-                if cached.get("key") == key:
-                    self.pool = (cached["u"], cached["class_probs"], cached["colour_probs"])
-                    self.log(f"[head] distillation pool: {len(cached['u'])} codes read from {self.pool_path}")
-                    return self.pool
             cfg, nets, started = self.config, self.nets, time.time()
             nets.generator.eval()
             nets.teacher.eval()
@@ -482,15 +487,12 @@ class Trainer:
             colours = torch.multinomial(colour_probs, 1).squeeze(1).numpy()
             tokens, mask = (torch.from_numpy(a) for a in self.captions.sample(labels, colours, rng))
             logits = nets.head(u)
-            klass = -(class_probs * logits.log_softmax(1)).sum(1).mean()
+            klass = soft_cross_entropy(logits, class_probs)
             caption = -(nets.captioner(u, tokens, mask)).mean()
             probe_class, probe_colour = nets.caption_probe(nets.captioner.features(u)).split(
                 [len(CLASS_NAMES), len(COLOUR_NAMES)], 1
             )
-            probe = (
-                -(class_probs * probe_class.log_softmax(1)).sum(1).mean()
-                - (colour_probs * probe_colour.log_softmax(1)).sum(1).mean()
-            )
+            probe = soft_cross_entropy(probe_class, class_probs) + soft_cross_entropy(probe_colour, colour_probs)
             opt.zero_grad()
             (klass + caption + cfg.caption_feature_weight * probe).backward()
             opt.step()
@@ -500,6 +502,11 @@ class Trainer:
             sums["agreement"] += (logits.argmax(1) == class_probs.argmax(1)).float().mean().item()
             self.report("head", step, len(batches), started, sums)
         return {k: v / len(batches) for k, v in sums.items()}
+
+
+def soft_cross_entropy(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -sum_k probs[b, k] log softmax(logits)[b, k]; logits, probs [B, K]."""
+    return -(probs * logits.log_softmax(1)).sum(1).mean()
 
 
 def load_checkpoint(path: Path) -> dict:
