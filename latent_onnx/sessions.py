@@ -268,6 +268,10 @@ class SessionFactory:
         self.device = device
         self.threads = threads
         self._providers = [_CUDA, _CPU] if device in ("auto", "cuda") and _CUDA in available else [_CPU]
+        if self._providers[0] == _CUDA:
+            # A CUDA provider that fails to load logs several coloured lines to stderr from C++; create()
+            # says why in one line instead (--device cuda) or falls back to the CPU (auto).
+            ort.set_default_logger_severity(4)  # fatal only
         self._lock = threading.Lock()
 
     def create(self, bundle: Bundle, role: str) -> GraphRunner:
