@@ -530,8 +530,9 @@ def blend_colours(x: torch.Tensor, colours: torch.Tensor, fraction: float) -> tu
     t = torch.rand(batch) * chosen
     brightest = palette[colours].argmax(1)  # every palette colour has a channel of at least 0.9
     gray = x[torch.arange(batch), brightest] / palette[colours, brightest][:, None, None]  # [B, H, W]
+    tint = (1 - t)[:, None] * palette[colours] + t[:, None] * palette[other]  # [B, 3]
+    blended = (gray[:, None] * tint[:, :, None, None]).clamp(0, 1)
     probs = (1 - t)[:, None] * F.one_hot(colours, count).float() + t[:, None] * F.one_hot(other, count).float()
-    blended = (gray[:, None] * (probs @ palette)[:, :, None, None]).clamp(0, 1)  # the tint is the labelled blend
     return torch.where(chosen[:, None, None, None], blended, x), probs
 
 
