@@ -5,9 +5,7 @@
 2. whitening: whiten E's codes (mean/Cholesky baked into E and G as buffers).
 3. flow: a Real NVP flow f from u ~ N(0, I) to the whitened codes, by maximum likelihood; the
    bundle's latent is u (generator G(f(u)), encoder f^-1(E(x))), so its prior is exactly N(0, I).
-4. teacher: a pixel-space CNN of class and colour, trained on the real training images, part of each
-   batch re-tinted with a blend of two palette colours and labelled with the blend's weights, so
-   that it is unsure, not confidently wrong, on the in-between hues a generator can draw.
+4. teacher: a pixel-space CNN of class and colour, trained on the real training images.
 5. generator: G fine-tuned DeePSiM-style (pixel + feature loss in E's space + adversarial) on
    codes, plus, on flow samples f(u), adversarial, cycle (E(G(f(u))) = f(u)) and colour-purity
    (the teacher's colour entropy of G(f(u))) losses.
@@ -41,15 +39,7 @@ from export_tools import write_atomically
 from export_tools.nets.fashion import Captioner, Discriminator, Encoder, Generator, Head, Teacher
 from export_tools.nets.flow import RealNVP, flow_loss
 from export_tools.recipes.errors import RecipeError
-from export_tools.recipes.fashion_data import (
-    CLASS_NAMES,
-    COLOUR_NAMES,
-    DATA_DIR,
-    PALETTE_RGB,
-    CaptionTable,
-    load_split,
-    vocabulary,
-)
+from export_tools.recipes.fashion_data import CLASS_NAMES, COLOUR_NAMES, DATA_DIR, CaptionTable, load_split, vocabulary
 
 STAGES = ("autoencoder", "whitening", "flow", "teacher", "generator", "head")
 RECIPE_VERSION = 2  # the networks and stages a checkpoint holds; another version's checkpoint is refused
@@ -65,7 +55,6 @@ class TrainConfig:
     autoencoder_epochs: int = 5  # stage 1 passes over the training set
     flow_epochs: int = 24  # stage 3 passes (cheap: the flow on 64-d codes)
     teacher_epochs: int = 2  # stage 4 passes (a small CNN on real images)
-    teacher_blend: float = 0.5  # stage 4: fraction of each batch re-tinted by a blend of two colours (soft labels)
     generator_epochs: int = 2  # stage 5 passes
     head_epochs: int = 3  # stage 6 passes over the distillation pool (10 measured no better)
     code_noise: float = 0.2  # std of the noise added to the unit-variance raw code before G in stage 1
@@ -355,10 +344,9 @@ class Trainer:
         sums = {"class": 0.0, "colour": 0.0}
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
-            x, colour_probs = blend_colours(self.pixels(index), self.colours[index], self.config.teacher_blend)
-            class_logits, colour_logits = teacher(x)
+            class_logits, colour_logits = teacher(self.pixels(index))
             klass = F.cross_entropy(class_logits, self.labels[index])
-            colour = soft_cross_entropy(colour_logits, colour_probs)
+            colour = F.cross_entropy(colour_logits, self.colours[index])
             opt.zero_grad()
             (klass + colour).backward()
             opt.step()
@@ -514,26 +502,6 @@ class Trainer:
             sums["agreement"] += (logits.argmax(1) == class_probs.argmax(1)).float().mean().item()
             self.report("head", step, len(batches), started, sums)
         return {k: v / len(batches) for k, v in sums.items()}
-
-
-def blend_colours(x: torch.Tensor, colours: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-tint a random `fraction` of a batch with blends of two palette colours.
-
-    x float32 [B, 3, H, W] in [0, 1], each item tinted by its palette colour colours int64 [B]. A chosen
-    item of colour c is re-tinted by (1 - t) c + t c' (c' another palette colour, t ~ U(0, 1)) and
-    labelled (1 - t) on c and t on c'. Returns (x float32 [B, 3, H, W], colour probabilities float32 [B, 8]).
-    """
-    palette = torch.from_numpy(PALETTE_RGB) / 255.0  # [8, 3]
-    batch, count = len(colours), len(palette)
-    chosen = torch.rand(batch) < fraction
-    other = (colours + torch.randint(1, count, (batch,))) % count
-    t = torch.rand(batch) * chosen
-    brightest = palette[colours].argmax(1)  # every palette colour has a channel of at least 0.9
-    gray = x[torch.arange(batch), brightest] / palette[colours, brightest][:, None, None]  # [B, H, W]
-    tint = (1 - t)[:, None] * palette[colours] + t[:, None] * palette[other]  # [B, 3]
-    blended = (gray[:, None] * tint[:, :, None, None]).clamp(0, 1)
-    probs = (1 - t)[:, None] * F.one_hot(colours, count).float() + t[:, None] * F.one_hot(other, count).float()
-    return torch.where(chosen[:, None, None, None], blended, x), probs
 
 
 def soft_cross_entropy(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:

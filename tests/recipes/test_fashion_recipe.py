@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from export_tools import ExportError
-from export_tools.recipes.fashion_data import CLASS_NAMES, PALETTE_RGB, load_split
-from export_tools.recipes.fashion_train import TrainConfig, Trainer, blend_colours, trained_networks
+from export_tools.recipes.fashion_data import CLASS_NAMES, load_split
+from export_tools.recipes.fashion_train import TrainConfig, Trainer, trained_networks
 
 TINY = dict(
     latent_dim=8,
@@ -127,20 +127,3 @@ def test_unfinished_or_missing_run_is_refused(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ExportError, match="cannot read checkpoint"):
         trained_networks(tmp_path)
-
-
-def test_blend_colours_retints_with_the_weights_it_labels(tiny_dataset):
-    train = load_split("train", tiny_dataset, limit=64)
-    x = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255
-    colours = torch.from_numpy(train.colours)
-    torch.manual_seed(0)
-    kept, probs = blend_colours(x, colours, 0.0)
-    assert torch.equal(kept, x) and torch.equal(probs, torch.nn.functional.one_hot(colours, 8).float())
-    blended, probs = blend_colours(x, colours, 1.0)
-    assert torch.allclose(probs.sum(1), torch.ones(64))
-    assert ((probs > 0).sum(1) == 2).all() and (probs.argmax(1) == colours).float().mean() > 0.3
-    # each pixel is the item's brightness times the labelled blend of palette colours
-    palette = torch.from_numpy(PALETTE_RGB) / 255
-    brightness = x.amax(1) / palette[colours].amax(1)[:, None, None]
-    expected = brightness[:, None] * (probs @ palette)[:, :, None, None]
-    assert torch.allclose(blended, expected.clamp(0, 1), atol=3 / 255)
