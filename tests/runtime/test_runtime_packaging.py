@@ -97,9 +97,22 @@ class Venv:
             ["bash", "-c", command], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
+    def run_ok(self, command: str) -> subprocess.CompletedProcess:
+        """`run`, asserting that the command succeeded (the tail of its stderr otherwise)."""
+        done = self.run(command)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    def expect_one_line_device_error(self, out: str) -> str:
+        """`latent-onnx generate --device cuda` fails with exit 4, one line and no output folder; its stderr."""
+        done = self.run(f"latent-onnx generate --class sneaker -n 1 --device cuda --out {out}")
+        assert done.returncode == 4 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not (self.root / out).exists()
+        return done.stderr
+
     def onnx_runtime_builds(self) -> list[str]:
-        listed = self.run("python3 -m pip list --format freeze")
-        assert listed.returncode == 0, listed.stderr
+        listed = self.run_ok("python3 -m pip list --format freeze")
         names = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
         return sorted(names & {"onnxruntime", "onnxruntime-gpu"})
 
@@ -113,30 +126,23 @@ def installable(command: str, wheel: Path) -> str:
 def test_the_readme_cpu_install_then_its_cuda_switch_leave_one_onnx_runtime_build(tmp_path, wheel):
     env = Venv(tmp_path / "venv")
     cpu_install = readme_command(r"pip install '\.\[cpu\]' && latent-onnx generate").split(" && latent-onnx")[0]
-    done = env.run(installable(cpu_install, wheel))
-    assert done.returncode == 0, done.stderr[-2000:]
+    env.run_ok(installable(cpu_install, wheel))
     assert env.onnx_runtime_builds() == ["onnxruntime"]
 
     # installing the other extra on top, without the README's uninstall, leaves both: the runtime says so
-    done = env.run(f"python3 -m pip install -q '{wheel}[gpu]'")
-    assert done.returncode == 0, done.stderr[-2000:]
+    env.run_ok(f"python3 -m pip install -q '{wheel}[gpu]'")
     assert env.onnx_runtime_builds() == ["onnxruntime", "onnxruntime-gpu"]
     if NO_GPU:
-        done = env.run("latent-onnx generate --class sneaker -n 1 --device cuda --out out-both")
-        assert done.returncode == 4 and "Traceback" not in done.stderr, done.stderr[-2000:]
-        assert "both onnxruntime and onnxruntime-gpu are installed" in done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "both onnxruntime and onnxruntime-gpu are installed" in env.expect_one_line_device_error("out-both")
 
-    done = env.run(installable(readme_command(r"pip uninstall -y onnxruntime onnxruntime-gpu"), wheel))
-    assert done.returncode == 0, done.stderr[-2000:]
+    env.run_ok(installable(readme_command(r"pip uninstall -y onnxruntime onnxruntime-gpu"), wheel))
     assert env.onnx_runtime_builds() == ["onnxruntime-gpu"]
     check_cuda_build(env)
 
 
 def test_a_fresh_gpu_install_has_only_the_cuda_build_and_runs_on_cpu(tmp_path, wheel):
     env = Venv(tmp_path / "venv")
-    done = env.run(installable(readme_command(r"pip uninstall -y onnxruntime onnxruntime-gpu"), wheel))
-    assert done.returncode == 0, done.stderr[-2000:]
+    env.run_ok(installable(readme_command(r"pip uninstall -y onnxruntime onnxruntime-gpu"), wheel))
     assert env.onnx_runtime_builds() == ["onnxruntime-gpu"]
     check_cuda_build(env)
 
@@ -145,11 +151,7 @@ def check_cuda_build(env: Venv) -> None:
     """The CUDA build is the one module, makes images on the CPU, and, with no usable GPU, --device cuda is one line."""
     providers = env.run("python3 -c 'import onnxruntime; print(onnxruntime.get_available_providers())'")
     assert "CUDAExecutionProvider" in providers.stdout, providers.stderr
-    done = env.run("latent-onnx generate --class sneaker -n 1 --seed 0 --device cpu --out out-cpu")
-    assert done.returncode == 0, done.stderr[-2000:]
+    env.run_ok("latent-onnx generate --class sneaker -n 1 --seed 0 --device cpu --out out-cpu")
     assert (env.root / "out-cpu" / "sneaker-s0-0000.png").is_file()
     if NO_GPU:
-        done = env.run("latent-onnx generate --class sneaker -n 1 --device cuda --out out-cuda")
-        assert done.returncode == 4 and "Traceback" not in done.stderr, done.stderr[-2000:]
-        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-        assert not (env.root / "out-cuda").exists()
+        env.expect_one_line_device_error("out-cuda")
