@@ -167,6 +167,24 @@ class Captioner(nn.Module):
         return (self.token_logp(z, tokens) * mask).sum(1)
 
 
+class HeadEnsemble(nn.ModuleList):
+    """Heads trained apart, read as one: z [B, D] -> the mean of their log-softmax [B, K].
+
+    Those are the logits of the members' normalised geometric mean: a chain that follows them has to
+    satisfy every member, so it cannot settle where one member alone is wrong and sure.
+    """
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(z).log_softmax(1) for member in self]).mean(0)
+
+
+class CaptionerEnsemble(nn.ModuleList):
+    """Captioners trained apart, read as one: (z [B, D], tokens [B, T], mask [B, T]) -> mean logp [B]."""
+
+    def forward(self, z: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(z, tokens, mask) for member in self]).mean(0)
+
+
 class Teacher(nn.Module):
     """The recipe's pixel-space judge: x [B, 3, 32, 32] in [0, 1] -> (class logits [B, 10], colour logits [B, 8]).
 
@@ -220,7 +238,7 @@ class Discriminator(nn.Module):
 class ImageClassifier(nn.Module):
     """The composite path's classifier: x [B, 3, 32, 32] -> logits [B, K], i.e. head(E(x))."""
 
-    def __init__(self, encoder: Encoder, head: Head):
+    def __init__(self, encoder: nn.Module, head: nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = head

@@ -15,7 +15,10 @@
    of a chain from N(0, I) to the data, and its labels say what the generator draws at u, so the
    gradient that steers a chain points to codes that decode to the requested class. A linear probe
    (training only) distils the same probabilities onto the captioner's features, so that they carry
-   the class and colour as clearly as the head's do. The pool is cached on disk beside the
+   the class and colour as clearly as the head's do. `ensemble` heads and captioners are trained
+   side by side from their own initialisations and caption draws, and read as one (the mean of their
+   log-probabilities): a chain driven by one network finds codes where that network is sure and the
+   teacher is not, and such errors of networks trained apart rarely coincide. The pool is cached on disk beside the
    checkpoint, keyed by the networks that label it, so that extending the head stage reuses it.
 
 Everything lives in one checkpoint file, rewritten (temp name, then rename) after every epoch;
@@ -24,6 +27,7 @@ the checkpoint stores a hash of the configuration and a resumed run refuses a di
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -36,13 +40,22 @@ import torch
 from torch.nn import functional as F
 
 from export_tools import write_atomically
-from export_tools.nets.fashion import Captioner, Discriminator, Encoder, Generator, Head, Teacher
+from export_tools.nets.fashion import (
+    Captioner,
+    CaptionerEnsemble,
+    Discriminator,
+    Encoder,
+    Generator,
+    Head,
+    HeadEnsemble,
+    Teacher,
+)
 from export_tools.nets.flow import RealNVP, flow_loss
 from export_tools.recipes.errors import RecipeError
 from export_tools.recipes.fashion_data import CLASS_NAMES, COLOUR_NAMES, DATA_DIR, CaptionTable, load_split, vocabulary
 
 STAGES = ("autoencoder", "whitening", "flow", "teacher", "generator", "head")
-RECIPE_VERSION = 2  # the networks and stages a checkpoint holds; another version's checkpoint is refused
+RECIPE_VERSION = 3  # the networks and stages a checkpoint holds; another version's checkpoint is refused
 
 
 @dataclass
@@ -64,6 +77,7 @@ class TrainConfig:
     flow_code_noise: float = 0.05  # std of the noise added to whitened codes when fitting the flow (smooths it)
     pool_copies: int = 3  # stage 6: codes in the distillation pool per training image (each with its own a, eps)
     caption_feature_weight: float = 1.0  # stage 6: weight of the probe's loss on the captioner's features
+    ensemble: int = 4  # stage 6: heads and captioners trained apart; the bundle's graphs use their mean log-probability
     class_weight: float = 0.05  # weight of the auxiliary class loss on the code in stage 1
     feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
@@ -97,29 +111,39 @@ class Networks:
 
     encoder: Encoder
     generator: Generator
-    head: Head
-    captioner: Captioner
+    head: HeadEnsemble  # `ensemble` heads
+    captioner: CaptionerEnsemble  # `ensemble` captioners
     discriminator: Discriminator
     aux_classifier: torch.nn.Linear  # stage 1 only: makes the raw code class-informative
     flow: RealNVP  # u ~ N(0, I) -> whitened code
     teacher: Teacher  # stage 4: labels the decoded codes the head and captioner are distilled from
-    caption_probe: torch.nn.Linear  # stage 6 only: class and colour logits from the captioner's features
+    caption_probe: torch.nn.ModuleList  # stage 6 only: per captioner, class and colour logits from its features
 
     @classmethod
     def build(cls, config: TrainConfig, vocab_size: int) -> Networks:
+        if config.ensemble < 1:
+            raise RecipeError(f"--ensemble must be at least 1, not {config.ensemble}")
         torch.manual_seed(config.seed)
-        return cls(
+        head = functools.partial(Head, config.latent_dim, config.head_hidden, len(CLASS_NAMES))
+        captioner = functools.partial(Captioner, config.latent_dim, vocab_size, config.head_hidden)
+        probe = functools.partial(torch.nn.Linear, config.head_hidden, len(CLASS_NAMES) + len(COLOUR_NAMES))
+        nets = cls(
             encoder=Encoder(config.latent_dim, config.width),
             generator=Generator(config.latent_dim, config.width),
-            head=Head(config.latent_dim, config.head_hidden, len(CLASS_NAMES)),
-            captioner=Captioner(config.latent_dim, vocab_size, config.head_hidden),
+            head=HeadEnsemble([head()]),
+            captioner=CaptionerEnsemble([captioner()]),
             discriminator=Discriminator(config.width),
             aux_classifier=torch.nn.Linear(config.latent_dim, len(CLASS_NAMES)),
             flow=RealNVP(config.latent_dim, config.flow_couplings, config.flow_hidden, seed=config.seed),
             teacher=Teacher(config.width, len(CLASS_NAMES), len(COLOUR_NAMES)),
             # built last, so that the other networks start as they did before it was added
-            caption_probe=torch.nn.Linear(config.head_hidden, len(CLASS_NAMES) + len(COLOUR_NAMES)),
+            caption_probe=torch.nn.ModuleList([probe()]),
         )
+        for _ in range(config.ensemble - 1):  # the further members last too, for the same reason
+            nets.head.append(head())
+            nets.captioner.append(captioner())
+            nets.caption_probe.append(probe())
+        return nets
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {
@@ -481,25 +505,30 @@ class Trainer:
         batches, started = self.batches(len(u_pool)), time.time()
         for step, index in enumerate(batches):
             u, class_probs, colour_probs = u_pool[index], class_pool[index], colour_pool[index]
-            # captions of a class and a colour drawn from the teacher's probabilities, so that the
-            # captioner learns p(caption | u) as the teacher sees G(f(u))
-            labels = torch.multinomial(class_probs, 1).squeeze(1).numpy()
-            colours = torch.multinomial(colour_probs, 1).squeeze(1).numpy()
-            tokens, mask = (torch.from_numpy(a) for a in self.captions.sample(labels, colours, rng))
-            logits = nets.head(u)
-            klass = soft_cross_entropy(logits, class_probs)
-            caption = -(nets.captioner(u, tokens, mask)).mean()
-            probe_class, probe_colour = nets.caption_probe(nets.captioner.features(u)).split(
-                [len(CLASS_NAMES), len(COLOUR_NAMES)], 1
-            )
-            probe = soft_cross_entropy(probe_class, class_probs) + soft_cross_entropy(probe_colour, colour_probs)
+            klass = caption = probe = 0.0
+            for head, captioner, caption_probe in zip(nets.head, nets.captioner, nets.caption_probe):
+                # captions of a class and a colour drawn from the teacher's probabilities (for each
+                # captioner its own draw), so that the captioner learns p(caption | u) as the teacher
+                # sees G(f(u))
+                labels = torch.multinomial(class_probs, 1).squeeze(1).numpy()
+                colours = torch.multinomial(colour_probs, 1).squeeze(1).numpy()
+                tokens, mask = (torch.from_numpy(a) for a in self.captions.sample(labels, colours, rng))
+                klass = klass + soft_cross_entropy(head(u), class_probs)
+                caption = caption - captioner(u, tokens, mask).mean()
+                probe_class, probe_colour = caption_probe(captioner.features(u)).split(
+                    [len(CLASS_NAMES), len(COLOUR_NAMES)], 1
+                )
+                probe = probe + soft_cross_entropy(probe_class, class_probs)
+                probe = probe + soft_cross_entropy(probe_colour, colour_probs)
             opt.zero_grad()
             (klass + caption + cfg.caption_feature_weight * probe).backward()
             opt.step()
-            sums["class"] += klass.item()
-            sums["caption"] += caption.item()
-            sums["probe"] += probe.item()
-            sums["agreement"] += (logits.argmax(1) == class_probs.argmax(1)).float().mean().item()
+            members = len(nets.head)
+            sums["class"] += klass.item() / members
+            sums["caption"] += caption.item() / members
+            sums["probe"] += probe.item() / members
+            with torch.no_grad():
+                sums["agreement"] += (nets.head(u).argmax(1) == class_probs.argmax(1)).float().mean().item()
             self.report("head", step, len(batches), started, sums)
         return {k: v / len(batches) for k, v in sums.items()}
 

@@ -17,8 +17,9 @@ TINY = dict(
     flow_hidden=16,
     generator_epochs=1,
     teacher_epochs=1,
-    head_epochs=1,
+    head_epochs=2,  # the second captioner's probe needs two passes over this tiny pool
     pool_copies=2,
+    ensemble=2,
 )
 
 
@@ -62,12 +63,26 @@ def test_head_is_distilled_from_the_teacher_on_a_pool_from_data_to_prior(tiny_ru
     with torch.no_grad():
         class_logits, _ = trainer.nets.teacher(torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255)
         assert (class_logits.argmax(1).numpy() == train.labels).mean() > 0.5
-        # the head follows the teacher's labels of the decoded codes, not chance
-        agreement = (trainer.nets.head(u).argmax(1) == class_probs.argmax(1)).float().mean()
-        # and so do the captioner's features, through the training-only probe
-        probe = trainer.nets.caption_probe(trainer.nets.captioner.features(u))[:, : len(CLASS_NAMES)]
-        probe_agreement = (probe.argmax(1) == class_probs.argmax(1)).float().mean()
-    assert agreement > 0.3 and probe_agreement > 0.3
+        # every head follows the teacher's labels of the decoded codes, not chance
+        for head, captioner, probe in zip(trainer.nets.head, trainer.nets.captioner, trainer.nets.caption_probe):
+            agreement = (head(u).argmax(1) == class_probs.argmax(1)).float().mean()
+            # and so do the captioner's features, through the training-only probe
+            probe_agreement = (probe(captioner.features(u))[:, : len(CLASS_NAMES)].argmax(1) == class_probs.argmax(1))
+            assert agreement > 0.3 and probe_agreement.float().mean() > 0.3
+
+
+def test_the_heads_and_captioners_are_trained_apart_and_read_as_the_mean_of_their_log_probabilities(tiny_run):
+    config, nets, _ = trained_networks(tiny_run)
+    assert len(nets.head) == len(nets.captioner) == config.ensemble == 2
+    u = torch.randn(16, config.latent_dim)
+    tokens, mask = torch.tensor([[1, 2, 0, 0]] * 16), torch.tensor([[1.0, 1, 1, 0]] * 16)
+    with torch.no_grad():
+        heads = [head(u).log_softmax(1) for head in nets.head]
+        captions = [captioner(u, tokens, mask) for captioner in nets.captioner]
+        assert not torch.allclose(heads[0], heads[1], atol=1e-3)  # own initialisations and caption draws
+        assert not torch.allclose(captions[0], captions[1], atol=1e-3)
+        assert torch.allclose(nets.head(u), (heads[0] + heads[1]) / 2, atol=1e-6)
+        assert torch.allclose(nets.captioner(u, tokens, mask), (captions[0] + captions[1]) / 2, atol=1e-6)
 
 
 def test_distillation_pool_is_cached_for_the_same_networks_and_rebuilt_for_others(tiny_run, tiny_dataset):
@@ -96,7 +111,7 @@ def test_checkpoint_of_another_recipe_version_is_refused(tiny_run, tmp_path):
     state = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
     state["recipe_version"] = 1
     torch.save(state, tmp_path / "checkpoint.pt")
-    with pytest.raises(ExportError, match="made by version 1 of the recipe, this is version 2"):
+    with pytest.raises(ExportError, match="made by version 1 of the recipe, this is version 3"):
         trained_networks(tmp_path)
 
 
@@ -108,7 +123,7 @@ def test_resume_refuses_another_configuration(tiny_run, tiny_dataset):
 
 def test_resume_extends_a_run_without_repeating_finished_epochs(tiny_run, tiny_dataset, tmp_path):
     lines = []
-    extended = Trainer(TrainConfig(**{**TINY, "head_epochs": 2}), tiny_run, tiny_dataset, log=lines.append)
+    extended = Trainer(TrainConfig(**{**TINY, "head_epochs": 3}), tiny_run, tiny_dataset, log=lines.append)
     progress = extended.run()
     assert progress.epochs_done == {
         "autoencoder": 1,
@@ -116,9 +131,9 @@ def test_resume_extends_a_run_without_repeating_finished_epochs(tiny_run, tiny_d
         "flow": 2,
         "generator": 1,
         "teacher": 1,
-        "head": 2,
+        "head": 3,
     }
-    assert [line for line in lines if "done in" in line] == [next(text for text in lines if "[head] epoch 2/2" in text)]
+    assert [line for line in lines if "done in" in line] == [next(text for text in lines if "[head] epoch 3/3" in text)]
 
 
 def test_unfinished_or_missing_run_is_refused(tmp_path):
@@ -127,3 +142,23 @@ def test_unfinished_or_missing_run_is_refused(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ExportError, match="cannot read checkpoint"):
         trained_networks(tmp_path)
+
+
+def test_a_finished_run_exports_a_bundle_whose_gradients_are_those_of_the_ensemble(tiny_run, tmp_path):
+    from latent_onnx import Pipeline
+
+    from export_tools.recipes.fashion_bundle import write_fashion_bundle
+
+    write_fashion_bundle(tiny_run, tmp_path / "fashion-tiny", log=lambda line: None)  # every graph validated
+    config, nets, _ = trained_networks(tiny_run)
+    pipe = Pipeline.from_bundle(tmp_path / "fashion-tiny")
+    z = np.random.default_rng(0).standard_normal((3, config.latent_dim)).astype(np.float32)
+    logp, grad = pipe.target(CLASS_NAMES[2], None)(z)
+    u = torch.from_numpy(z).requires_grad_(True)
+    # the log of the members' normalised geometric mean
+    expected = torch.stack([head(u).log_softmax(1) for head in nets.head]).mean(0).log_softmax(1)[:, 2]
+    (expected_grad,) = torch.autograd.grad(expected.sum(), u)
+    assert np.allclose(logp, expected.detach().numpy(), atol=1e-4)
+    assert np.allclose(grad, expected_grad.numpy(), atol=1e-4)
+    result = pipe.generate(caption="a red t-shirt", n=2, seed=0, steps=3)
+    assert result.pixels.shape == (2, 32, 32, 3) and np.isfinite(result.z).all()
