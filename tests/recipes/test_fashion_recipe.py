@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from export_tools import ExportError
+from export_tools.recipes.fashion_bundle import write_fashion_bundle
 from export_tools.recipes.fashion_data import CLASS_NAMES, load_split
 from export_tools.recipes.fashion_train import TrainConfig, Trainer, trained_networks
+from latent_onnx import Pipeline
 
 TINY = dict(
     latent_dim=8,
@@ -67,7 +69,7 @@ def test_head_is_distilled_from_the_teacher_on_a_pool_from_data_to_prior(tiny_ru
         for head, captioner, probe in zip(trainer.nets.head, trainer.nets.captioner, trainer.nets.caption_probe):
             agreement = (head(u).argmax(1) == class_probs.argmax(1)).float().mean()
             # and so do the captioner's features, through the training-only probe
-            probe_agreement = (probe(captioner.features(u))[:, : len(CLASS_NAMES)].argmax(1) == class_probs.argmax(1))
+            probe_agreement = probe(captioner.features(u))[:, : len(CLASS_NAMES)].argmax(1) == class_probs.argmax(1)
             assert agreement > 0.3 and probe_agreement.float().mean() > 0.3
 
 
@@ -145,10 +147,6 @@ def test_unfinished_or_missing_run_is_refused(tmp_path):
 
 
 def test_a_finished_run_exports_a_bundle_whose_gradients_are_those_of_the_ensemble(tiny_run, tmp_path):
-    from latent_onnx import Pipeline
-
-    from export_tools.recipes.fashion_bundle import write_fashion_bundle
-
     write_fashion_bundle(tiny_run, tmp_path / "fashion-tiny", log=lambda line: None)  # every graph validated
     config, nets, _ = trained_networks(tiny_run)
     pipe = Pipeline.from_bundle(tmp_path / "fashion-tiny")
