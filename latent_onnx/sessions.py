@@ -7,6 +7,7 @@ place; `GraphRunner` checks a graph's inputs and outputs against the contract of
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -28,6 +29,7 @@ except ImportError as _error:  # the base install has no ONNX Runtime: the cpu o
     ) from _error
 
 DEVICES = ("auto", "cpu", "cuda")
+_log = logging.getLogger(__name__)  # with no handler set up, Python prints a warning as its one line on stderr
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int64)": np.int64}
@@ -285,6 +287,10 @@ class SessionFactory:
                         f"CUDA was asked for but its provider failed to start ({_cuda_problem()}); install what is"
                         " missing (onnxruntime-gpu's CUDA and cuDNN libraries, an NVIDIA driver) or use --device cpu"
                     )
+                _log.warning(
+                    f"warning: CUDA's provider failed to start ({_cuda_problem()}); running on the CPU"
+                    " (device 'cpu' does not try CUDA)"
+                )
                 self._providers = [_CPU]
         open_single_row = timed_key = None
         if role in SINGLE_ROW_ROLES and len(model) >= SINGLE_ROW_MIN_BYTES and session.get_providers()[0] == _CPU:

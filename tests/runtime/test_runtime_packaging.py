@@ -155,3 +155,8 @@ def check_cuda_build(env: Venv) -> None:
     assert (env.root / "out-cpu" / "sneaker-s0-0000.png").is_file()
     if NO_GPU:
         env.expect_one_line_device_error("out-cuda")
+        # --device auto (the default) falls back to the CPU, and says so in one line
+        auto = env.run_ok("latent-onnx generate --class sneaker -n 1 --seed 0 --out out-auto")
+        assert (env.root / "out-auto" / "sneaker-s0-0000.png").is_file()
+        notices = [line for line in auto.stderr.splitlines() if "CUDA" in line]
+        assert len(notices) == 1 and "running on the CPU" in notices[0], auto.stderr
