@@ -18,8 +18,9 @@
    the class and colour as clearly as the head's do. `ensemble` heads and captioners are trained
    side by side from their own initialisations and caption draws, and read as one (the mean of their
    log-probabilities): a chain driven by one network finds codes where that network is sure and the
-   teacher is not, and such errors of networks trained apart rarely coincide. The pool is cached on disk beside the
-   checkpoint, keyed by the networks that label it, so that extending the head stage reuses it.
+   teacher is not, and such errors of networks trained apart rarely coincide. The pool is cached on
+   disk beside the checkpoint, keyed by the networks that label it, so that extending the head stage
+   reuses it.
 
 Everything lives in one checkpoint file, rewritten (temp name, then rename) after every epoch;
 the checkpoint stores a hash of the configuration and a resumed run refuses a different one.
