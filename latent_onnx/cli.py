@@ -9,6 +9,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -80,6 +81,7 @@ def run_command(
     included) is one line on stderr, `PROG: error: ...`, with its exit code; an interrupt exits 130.
     PROG is `program`, else `prog_name`, else the script's name. The error printer of latent-onnx and latent-onnx-export."""
     prog = program or prog_name or Path(sys.argv[0]).name or command.name
+    _echo_warnings(prog)
     try:
         result = click.Command.main(command, args, prog_name, standalone_mode=False, **extra)
     except _NO_ARGS_IS_HELP as error:  # a bare group: the help, as click shows it
@@ -92,6 +94,25 @@ def run_command(
     except (click.Abort, KeyboardInterrupt):
         exit_with_error(prog, "interrupted", 130)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+class _EchoHandler(logging.Handler):
+    """Prints the runtime's log records as the command's own lines: `PROG: warning: message` on stderr."""
+
+    def __init__(self, prog: str):
+        super().__init__(logging.WARNING)
+        self.prog = prog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"{self.prog}: {record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def _echo_warnings(prog: str) -> None:
+    """Route the `latent_onnx` loggers' warnings to stderr as one command line each (once per process)."""
+    logger = logging.getLogger("latent_onnx")
+    if not any(isinstance(handler, _EchoHandler) for handler in logger.handlers):
+        logger.addHandler(_EchoHandler(prog))
+        logger.propagate = False
 
 
 class _Cli(click.Group):

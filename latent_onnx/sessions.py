@@ -29,7 +29,8 @@ except ImportError as _error:  # the base install has no ONNX Runtime: the cpu o
     ) from _error
 
 DEVICES = ("auto", "cpu", "cuda")
-_log = logging.getLogger(__name__)  # with no handler set up, Python prints a warning as its one line on stderr
+# the CLI prints warnings as `latent-onnx: warning: ...`; with no handler set up, Python prints the message
+_log = logging.getLogger(__name__)
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int64)": np.int64}
@@ -288,7 +289,7 @@ class SessionFactory:
                         " missing (onnxruntime-gpu's CUDA and cuDNN libraries, an NVIDIA driver) or use --device cpu"
                     )
                 _log.warning(
-                    f"warning: CUDA's provider failed to start ({_cuda_problem()}); running on the CPU"
+                    f"CUDA's provider failed to start ({_cuda_problem()}); running on the CPU"
                     " (device 'cpu' does not try CUDA)"
                 )
                 self._providers = [_CPU]

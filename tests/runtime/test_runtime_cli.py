@@ -205,3 +205,20 @@ def test_bare_command_shows_help_and_help_exits_zero(run):
     assert bare.exit_code == 2 and "Commands:" in bare.stderr and "generate" in bare.stderr
     helped = run("generate", "--help")
     assert helped.exit_code == 0 and "--save-trajectory" in helped.stdout
+
+
+def test_a_runtime_warning_is_one_line_of_the_command(run, tiny_bundle_template, monkeypatch):
+    """What the runtime logs (e.g. the CUDA fallback) reads like the command's other lines."""
+    from latent_onnx import sessions
+
+    create = sessions.SessionFactory.create
+
+    def create_and_warn(self, bundle, role):
+        sessions._log.warning("a notice from the runtime")
+        return create(self, bundle, role)
+
+    monkeypatch.setattr(sessions.SessionFactory, "create", create_and_warn)
+    result = run("generate", "--bundle", tiny_bundle_template, "--class", "sneaker", "-n", 1, "--steps", 2)
+    assert result.exit_code == 0, result.output
+    notices = [line for line in result.stderr.splitlines() if "a notice from the runtime" in line]
+    assert notices and set(notices) == {"latent-onnx: warning: a notice from the runtime"}, result.stderr

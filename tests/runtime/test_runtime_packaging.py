@@ -160,3 +160,4 @@ def check_cuda_build(env: Venv) -> None:
         assert (env.root / "out-auto" / "sneaker-s0-0000.png").is_file()
         notices = [line for line in auto.stderr.splitlines() if "CUDA" in line]
         assert len(notices) == 1 and "running on the CPU" in notices[0], auto.stderr
+        assert notices[0].startswith("latent-onnx: warning: CUDA's provider failed to start"), auto.stderr
