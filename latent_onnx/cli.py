@@ -97,14 +97,18 @@ def run_command(
 
 
 class _EchoHandler(logging.Handler):
-    """Prints the runtime's log records as the command's own lines: `PROG: warning: message` on stderr."""
+    """Prints the runtime's log records as the command's own lines: `PROG: warning: message` on stderr
+    (a logged exception, such as the server's internal errors, keeps its traceback below the line)."""
 
     def __init__(self, prog: str):
         super().__init__(logging.WARNING)
         self.prog = prog
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"{self.prog}: {record.levelname.lower()}: {record.getMessage()}", err=True)
+        line = f"{self.prog}: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + logging.Formatter().formatException(record.exc_info)
+        click.echo(line, err=True)
 
 
 def _echo_warnings(prog: str) -> None:

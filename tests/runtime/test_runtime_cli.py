@@ -215,6 +215,10 @@ def test_a_runtime_warning_is_one_line_of_the_command(run, tiny_bundle_template,
 
     def create_and_warn(self, bundle, role):
         sessions._log.warning("a notice from the runtime")
+        try:
+            raise ValueError("the cause")
+        except ValueError:
+            sessions._log.exception("an error the runtime survived")
         return create(self, bundle, role)
 
     monkeypatch.setattr(sessions.SessionFactory, "create", create_and_warn)
@@ -222,3 +226,6 @@ def test_a_runtime_warning_is_one_line_of_the_command(run, tiny_bundle_template,
     assert result.exit_code == 0, result.output
     notices = [line for line in result.stderr.splitlines() if "a notice from the runtime" in line]
     assert notices and set(notices) == {"latent-onnx: warning: a notice from the runtime"}, result.stderr
+    # a logged exception keeps its traceback (the server logs its internal errors so)
+    assert "latent-onnx: error: an error the runtime survived\nTraceback" in result.stderr
+    assert "ValueError: the cause" in result.stderr
