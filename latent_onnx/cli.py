@@ -29,7 +29,7 @@ from .bundle import BUNDLE_ENV, DEFAULT_BUNDLE, load_bundle
 from .conditioning import ClassIndex
 from .dataset import BACKENDS as DATASET_BACKENDS
 from .dataset import FORMATS as DATASET_FORMATS
-from .errors import InputError, LatentOnnxError, OutputError, exit_with_error, printable
+from .errors import InputError, LatentOnnxError, OutputError, command_line, exit_with_error, printable
 from .images import (
     GUTTER_GREY,
     PNG_TEXT_KEY,
@@ -105,7 +105,7 @@ class _EchoHandler(logging.Handler):
         self.prog = prog
 
     def emit(self, record: logging.LogRecord) -> None:
-        line = f"{self.prog}: {record.levelname.lower()}: {record.getMessage()}"
+        line = command_line(self.prog, record.levelname.lower(), record.getMessage())
         if record.exc_info:
             line += "\n" + logging.Formatter().formatException(record.exc_info)
         click.echo(line, err=True)

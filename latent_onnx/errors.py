@@ -53,8 +53,13 @@ def printable(text) -> str:
     )
 
 
+def command_line(prog: str, level: str, message) -> str:
+    """`PROG: LEVEL: MESSAGE` as one printable line: how every command reports an error or a warning."""
+    return f"{prog}: {level}: {printable(' '.join(str(message).split()))}"
+
+
 def exit_with_error(prog: str, message: str, code: int) -> NoReturn:
     """Print `PROG: error: MESSAGE` as one printable line on stderr and exit with `code`: the one error printer
     of every command (it needs neither click nor ONNX Runtime, so it works when the runtime is missing)."""
-    print(f"{prog}: error: {printable(' '.join(str(message).split()))}", file=sys.stderr, flush=True)
+    print(command_line(prog, "error", message), file=sys.stderr, flush=True)
     sys.exit(code)

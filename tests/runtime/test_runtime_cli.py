@@ -215,6 +215,7 @@ def test_a_runtime_warning_is_one_line_of_the_command(run, tiny_bundle_template,
 
     def create_and_warn(self, bundle, role):
         sessions._log.warning("a notice from the runtime")
+        sessions._log.warning("a notice\nover two lines \x1b[31m")
         try:
             raise ValueError("the cause")
         except ValueError:
@@ -226,6 +227,7 @@ def test_a_runtime_warning_is_one_line_of_the_command(run, tiny_bundle_template,
     assert result.exit_code == 0, result.output
     notices = [line for line in result.stderr.splitlines() if "a notice from the runtime" in line]
     assert notices and set(notices) == {"latent-onnx: warning: a notice from the runtime"}, result.stderr
+    assert "latent-onnx: warning: a notice over two lines \\x1b[31m\n" in result.stderr  # one printable line
     # a logged exception keeps its traceback (the server logs its internal errors so)
     assert "latent-onnx: error: an error the runtime survived\nTraceback" in result.stderr
     assert "ValueError: the cause" in result.stderr
