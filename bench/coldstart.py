@@ -81,7 +81,9 @@ def cold_start(
         ]
         if threads is not None:
             command += ["--threads", str(threads)]
-        env = dict(os.environ)
+        # as installed: pip compiles the package's bytecode, so a start must not recompile it (the first
+        # run of a source checkout writes it; the figure is the best of several runs)
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
         if repo_root is not None:  # a source checkout: make `latent_onnx` importable in the child
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo_root), env.get("PYTHONPATH")]))
         started_wall = time.time()
