@@ -123,8 +123,17 @@ class Networks:
 
     @classmethod
     def build(cls, config: TrainConfig, vocab_size: int) -> Networks:
-        if config.ensemble < 1:
-            raise RecipeError(f"--ensemble must be at least 1, not {config.ensemble}")
+        for name in (
+            "latent_dim",
+            "width",
+            "head_hidden",
+            "caption_features",
+            "flow_couplings",
+            "flow_hidden",
+            "ensemble",
+        ):
+            if getattr(config, name) < 1:
+                raise RecipeError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(config, name)}")
 
         def seeded(name: str, make):
             """make() with torch's generator seeded from (seed, name): no network's size changes another's start."""

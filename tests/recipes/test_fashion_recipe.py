@@ -128,6 +128,12 @@ def test_each_network_starts_from_its_own_seed_whatever_the_others_sizes():
     assert not torch.equal(base["teacher"]["klass.weight"], other_seed["teacher"]["klass.weight"])
 
 
+@pytest.mark.parametrize("option", ["head_hidden", "caption_features", "ensemble", "latent_dim"])
+def test_a_network_size_below_one_is_refused_in_one_line(option):
+    with pytest.raises(ExportError, match=f"--{option.replace('_', '-')} must be at least 1, not -1"):
+        Networks.build(TrainConfig(**{**TINY, option: -1}), vocab_size=32)
+
+
 def test_checkpoint_of_another_recipe_version_is_refused(tiny_run, tmp_path):
     state = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
     state["recipe_version"] = 1
