@@ -9,6 +9,9 @@ end; the better of the two) is always measured. Sections (all by default; pick w
 - variants: faster ways to run the latent step (session options, IO binding, fused Loop, int8/fp16);
 - precision: the default bundle's samples with float32 and with int8 class_grad weights, judged by
             the fashion recipe's independent evaluator (needs its checkpoint, --evaluator);
+- cuda:     on the CUDA provider, the runtime's loop (a host round trip per step) against loops that keep z
+            on the device (IO binding, a step graph, captured CUDA graphs, a fused Loop), both bundles
+            (bench/cuda.py); skipped where ONNX Runtime has no CUDA provider;
 - coldstart: process start to first image, and peak memory, of `latent-onnx generate`.
 - dataset:  images per second of `latent-onnx dataset` on the default bundle: local 1 and 2 workers,
             Ray with 2 actors, at equal cores (bench/dataset.py).
@@ -33,7 +36,7 @@ import onnx
 from bench.machine import GraphCost, MachineBounds, best_bounds, graph_cost, measure_machine
 from bench.report import write_results
 
-SECTIONS = ("imagenet", "default", "eager", "variants", "precision", "coldstart", "dataset", "serve")
+SECTIONS = ("imagenet", "default", "eager", "variants", "cuda", "precision", "coldstart", "dataset", "serve")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO / "onnx_models" / "fashion-colors"
 
@@ -187,27 +190,55 @@ def eager_section(pipe, width: int, batches, latent_steps: int, composite_steps:
     return rows
 
 
-def variants_section(pipe, batches, steps: int, threads, say) -> dict:
-    """The latent step's variants at each batch (seconds per step, or why a variant cannot run)."""
+def step_problem(pipe, batch: int):
+    """The bundle's latent sampling problem at `batch` chains (bench.variants.StepProblem), eps1 held constant."""
     from bench.steps import batch_weights, start_codes
-    from bench.variants import StepProblem, quality, time_variants
+    from bench.variants import StepProblem
 
     model = onnx.load_from_string(pipe.bundle.graph_bytes("class_grad"))
     config = dataclasses.replace(pipe.sampler_config(), eps1_final=None)
     prior_std = getattr(pipe.bundle.prior, "std", 1.0)
     classes = _first_class(pipe)
+    return StepProblem(model, config, prior_std, start_codes(pipe, batch), batch_weights(pipe, classes, batch))
+
+
+def _say_variants(say, batch: int, results: dict, prefix: str = "") -> None:
+    for name, result in results.items():
+        outcome = f"{result['step_s'] * 1e3:.3f} ms/step" if "step_s" in result else f"cannot run ({result['error']})"
+        say(f"  {prefix}variant {name} batch {batch}: {outcome}")
+
+
+def variants_section(pipe, batches, steps: int, threads, say) -> dict:
+    """The latent step's variants at each batch (seconds per step, or why a variant cannot run)."""
+    from bench.variants import quality, time_variants
+
+    model = onnx.load_from_string(pipe.bundle.graph_bytes("class_grad"))
     out = {"latent_cost": dataclasses.asdict(graph_cost(model)), "batches": {}, "quality": None}
     for batch in batches:
-        problem = StepProblem(model, config, prior_std, start_codes(pipe, batch), batch_weights(pipe, classes, batch))
+        problem = step_problem(pipe, batch)
         results = time_variants(problem, max(1, steps // 2), threads)
-        for name, result in results.items():
-            outcome = (
-                f"{result['step_s'] * 1e3:.2f} ms/step" if "step_s" in result else f"cannot run ({result['error']})"
-            )
-            say(f"  variant {name} batch {batch}: {outcome}")
+        _say_variants(say, batch, results)
         out["batches"][str(batch)] = {"variants": results}
         if out["quality"] is None:
             out["quality"] = quality(problem, steps, threads)
+    return out
+
+
+def cuda_section(pipes: dict, batches, steps: int, say) -> dict:
+    """Per bundle (name -> Pipeline) and batch, the CUDA step variants of bench.cuda (seconds per step)."""
+    from bench.cuda import cuda_available, time_cuda_variants
+
+    if not cuda_available():
+        return {
+            "skipped": f"this ONNX Runtime has no CUDA provider ({', '.join(__import__('onnxruntime').get_available_providers())})"
+        }
+    out = {}
+    for name, pipe in pipes.items():
+        out[name] = {}
+        for batch in batches:
+            results = time_cuda_variants(step_problem(pipe, batch), steps)
+            _say_variants(say, batch, results, f"{name} cuda ")
+            out[name][str(batch)] = results
     return out
 
 
@@ -338,7 +369,7 @@ def run(
         ) from None
     if not batch_sizes or min(batch_sizes) < 1 or min(latent_steps, composite_steps) < 1:
         raise click.BadParameter("batch sizes and step counts must be >= 1")
-    if {"imagenet", "eager", "variants", "precision"} & set(chosen):
+    if {"imagenet", "eager", "variants", "cuda", "precision"} & set(chosen):
         require_torch()  # the ImageNet-scale networks, PyTorch eager and the evaluator need the export extra
 
     def say(line: str) -> None:
@@ -364,13 +395,13 @@ def run(
     }
     threads = results["meta"]["threads"] = threads or os.cpu_count() or 1
     imagenet_pipe = None
-    if {"imagenet", "eager", "variants"} & set(chosen):
+    if {"imagenet", "eager", "variants", "cuda"} & set(chosen):
         from bench.imagenet import ensure_bundle
 
         bundle = ensure_bundle(cache, width, say, refresh=re_export)
         imagenet_pipe = Pipeline.from_bundle(bundle, device=device, threads=threads)
     default_pipe = None
-    if {"default", "coldstart", "precision", "serve"} & set(chosen) and (
+    if {"default", "cuda", "coldstart", "precision", "serve"} & set(chosen) and (
         Path(default_bundle) / "manifest.json"
     ).is_file():
         default_pipe = Pipeline.from_bundle(default_bundle, device=device, threads=threads)
@@ -388,6 +419,10 @@ def run(
     if "imagenet" in chosen:
         say("ImageNet scale: latent vs composite ...")
         results["imagenet"] = time_bundle(imagenet_pipe, batch_sizes, latent_steps, composite_steps, say, cache)
+    if "cuda" in chosen:
+        say("CUDA: the runtime's loop against device-resident loops ...")
+        pipes = {"imagenet": imagenet_pipe} | ({"default": default_pipe} if default_pipe is not None else {})
+        results["cuda"] = cuda_section(pipes, batch_sizes, latent_steps, say)
     if "default" in chosen:
         if default_pipe is not None:
             say(f"default bundle {default_bundle}: latent vs composite ...")

@@ -46,26 +46,16 @@ def bundle_dir(cache: Path, width: int) -> Path:
     return Path(cache) / f"{BUNDLE_NAME}-w{width}"
 
 
-def ensure_bundle(cache: Path, width: int = 1, say: Callable[[str], None] = print, refresh: bool = False) -> Path:
-    """The cached bundle for `width`, exported (and validated) first when it is not there yet, was written by
-    another version of the exporter (the manifest's provenance.exporter), or `refresh` is set."""
-    from export_tools import EXPORTER
-
-    out = bundle_dir(cache, width)
-    manifest = out / "manifest.json"
-    if manifest.is_file() and not refresh:
-        made_by = json.loads(manifest.read_text()).get("provenance", {}).get("exporter")
-        if made_by == EXPORTER:
-            return out
-        say(f"{out} was written by {made_by or 'an older exporter'}, not {EXPORTER}: exporting it again")
-    from export_tools.bundle_writer import BundleSpec, write_bundle
+def bundle_spec(width: int = 1):
+    """The BundleSpec of the benchmark bundle at `width` (export_tools.bundle_writer.BundleSpec)."""
+    from export_tools.bundle_writer import BundleSpec
     from export_tools.convert.imagenet_bundle import PAPER_PRESET, PPGN_CLIP, PPGN_SAMPLER
     from export_tools.convert.labels import load_class_names
     from export_tools.nets.deepsim import DEEPSIM_CONVENTION, IMAGE_SIZE
     from export_tools.priors import GaussianPrior
 
     nets = build_nets(width)
-    spec = BundleSpec(
+    return BundleSpec(
         name=BUNDLE_NAME,
         description=f"benchmark only: DeePSiM fc6 + CaffeNet shapes (width 1/{width}), random weights",
         license="none (random weights)",
@@ -82,7 +72,23 @@ def ensure_bundle(cache: Path, width: int = 1, say: Callable[[str], None] = prin
         presets={"paper": dict(PAPER_PRESET)},
         provenance={"recipe": "bench.imagenet", "seed": SEED, "width": width},
     )
+
+
+def ensure_bundle(cache: Path, width: int = 1, say: Callable[[str], None] = print, refresh: bool = False) -> Path:
+    """The cached bundle for `width`, exported (and validated) first when it is not there yet, was written by
+    another version of the exporter (the manifest's provenance.exporter), or `refresh` is set."""
+    from export_tools import EXPORTER
+
+    out = bundle_dir(cache, width)
+    manifest = out / "manifest.json"
+    if manifest.is_file() and not refresh:
+        made_by = json.loads(manifest.read_text()).get("provenance", {}).get("exporter")
+        if made_by == EXPORTER:
+            return out
+        say(f"{out} was written by {made_by or 'an older exporter'}, not {EXPORTER}: exporting it again")
+    from export_tools.bundle_writer import write_bundle
+
     say(f"exporting the ImageNet-scale bundle (width 1/{width}) to {out} (once) ...")
-    report = write_bundle(out, spec, overwrite=True, progress=say)
+    report = write_bundle(out, bundle_spec(width), overwrite=True, progress=say)
     say(json.dumps(report.max_diff()))
     return out

@@ -74,6 +74,7 @@ def _onnx_matmul_session(a_shape: tuple[int, int], b_shape: tuple[int, int], thr
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [a_shape[0], b_shape[1]])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9  # onnx's default IR can be newer than an older ONNX Runtime reads (1.31: at most 13)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -113,6 +113,24 @@ def _bundle_tables(title: str, section: dict) -> list[str]:
     return lines
 
 
+def _cuda_tables(section: dict) -> list[str]:
+    """The CUDA section: per bundle, ms per step of each variant at each batch (bench/cuda.py)."""
+    lines = ["## The latent step on CUDA: the runtime's loop against loops that keep z on the device", ""]
+    if "skipped" in section:
+        return lines + [f"Skipped: {section['skipped']}.", ""]
+    for bundle, by_batch in section.items():
+        batches = list(by_batch)
+        names = list(by_batch[batches[0]])
+        rows = [
+            [name] + [_ms(by_batch[b][name]["step_s"]) if "step_s" in by_batch[b][name] else "n/a" for b in batches]
+            for name in names
+        ]
+        lines += [f"{bundle}:", ""] + _table(["variant"] + [f"batch {b} ms/step" for b in batches], rows)
+        errors = [f"- {n}: {by_batch[batches[0]][n]['error']}" for n in names if "error" in by_batch[batches[0]][n]]
+        lines += ["Variants that cannot run here:", *errors, ""] if errors else []
+    return lines
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -151,6 +169,8 @@ def markdown(results: dict) -> str:
         lines += _table(
             ["path", "batch", "threads", "PyTorch eager ms/step", "runtime ms/step", "runtime speed-up"], rows
         )
+    if "cuda" in results:
+        lines += _cuda_tables(results["cuda"])
     if "variants" in results:
         v = results["variants"]
         batches = list(v["batches"])

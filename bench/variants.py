@@ -111,24 +111,25 @@ def run_iobinding(session: ort.InferenceSession, problem: StepProblem, noise: np
     return z
 
 
-def fused_model(class_grad: onnx.ModelProto, config: SamplerConfig, prior_std: float) -> onnx.ModelProto:
-    """One graph running every SGLD step: (z [B, D], weights [B, K], noise [S, B, D]) -> z_final [B, D].
-
-    An ONNX Loop over S = noise.shape[0] whose body is the class_grad graph (its weights stay in the
-    outer graph) followed by the update; `noise` is already scaled by sqrt(eps2).
-    """
-    node, f32 = helper.make_node, TensorProto.FLOAT
-    body_nodes = []
-    for original in class_grad.graph.node:  # rename z -> z_in and every produced value, so nothing shadows
+def _gradient_nodes(class_grad: onnx.ModelProto, z_name: str) -> list[onnx.NodeProto]:
+    """class_grad's nodes reading `z_name` for z, every value they produce prefixed with "b/" (its grad: b/grad)."""
+    nodes = []
+    for original in class_grad.graph.node:  # renamed, so that nothing shadows an outer value inside a Loop
         copy = onnx.NodeProto()
         copy.CopyFrom(original)
         copy.input[:] = [
-            "z_in" if name == "z" else (f"b/{name}" if _produced(class_grad, name) else name) for name in copy.input
+            z_name if name == "z" else (f"b/{name}" if _produced(class_grad, name) else name) for name in copy.input
         ]
         copy.output[:] = [f"b/{name}" for name in copy.output]
-        body_nodes.append(copy)
-    grad = "b/grad"
-    update = [node("Gather", ["noise", "iter"], ["noise_t"], axis=0)]
+        nodes.append(copy)
+    return nodes
+
+
+def _update_nodes(config: SamplerConfig, z_in: str, noise_t: str, z_out: str) -> list[onnx.NodeProto]:
+    """update_numpy as nodes: z_out = clip(z_in + cond_step * g + prior term + noise_t), g = b/grad (normalised
+    when the sampler says so); the constants are _step_constants'."""
+    node = helper.make_node
+    grad, update = "b/grad", []
     if config.normalize_grad:
         update += [
             node("Abs", [grad], ["abs_g"]),
@@ -138,20 +139,63 @@ def fused_model(class_grad: onnx.ModelProto, config: SamplerConfig, prior_std: f
         ]
         grad = "g_norm"
     update += [node("Mul", [grad, "cond_step"], ["drift"])]
+    drift = "drift"
     if config.prior_weight:
         update += [
-            node("Mul", ["z_in", "prior_step"], ["prior_drift"]),
+            node("Mul", [z_in, "prior_step"], ["prior_drift"]),
             node("Sub", ["drift", "prior_drift"], ["drift_p"]),
         ]
-    drift = "drift_p" if config.prior_weight else "drift"
-    update += [node("Add", ["z_in", drift], ["moved"]), node("Add", ["moved", "noise_t"], ["z_next"])]
-    z_out = "z_next"
-    if config.clip is not None:
-        update += [node("Clip", ["z_next", "lo", "hi"], ["z_clipped"])]
-        z_out = "z_clipped"
-    update += [node("Identity", ["cond_in"], ["cond_out"]), node("Identity", [z_out], ["z_out"])]
+        drift = "drift_p"
+    update += [node("Add", [z_in, drift], ["moved"])]
+    if config.clip is None:
+        return update + [node("Add", ["moved", noise_t], [z_out])]
+    return update + [node("Add", ["moved", noise_t], ["z_next"]), node("Clip", ["z_next", "lo", "hi"], [z_out])]
+
+
+def _step_constants(config: SamplerConfig, prior_std: float) -> list[onnx.TensorProto]:
+    scalars = {
+        "axis1": np.array([1], np.int64),
+        "tiny": np.float32(_TINY),
+        "cond_step": np.float32(config.eps1 * config.condition_scale),
+        "prior_step": np.float32(config.eps1 * config.prior_weight / prior_std**2),
+        "lo": np.float32(config.clip[0] if config.clip else 0),
+        "hi": np.float32(config.clip[1] if config.clip else 0),
+    }
+    return [numpy_helper.from_array(np.asarray(v), k) for k, v in scalars.items()]
+
+
+def _model(class_grad: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=class_grad.opset_import, functions=class_grad.functions)
+    model.ir_version = class_grad.ir_version
+    return model
+
+
+def step_model(class_grad: onnx.ModelProto, config: SamplerConfig, prior_std: float) -> onnx.ModelProto:
+    """One SGLD step as one graph: (z [B, D], weights [B, K], noise [B, D]) -> z_next [B, D]; `noise` is already
+    scaled by sqrt(eps2). What a loop that keeps z on the device runs per step."""
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        _gradient_nodes(class_grad, "z") + _update_nodes(config, "z", "noise", "z_next_out"),
+        "sgld_step",
+        [*class_grad.graph.input, helper.make_tensor_value_info("noise", f32, ["batch", "D"])],
+        [helper.make_tensor_value_info("z_next_out", f32, None)],
+        list(class_grad.graph.initializer) + _step_constants(config, prior_std),
+    )
+    return _model(class_grad, graph)
+
+
+def fused_model(class_grad: onnx.ModelProto, config: SamplerConfig, prior_std: float) -> onnx.ModelProto:
+    """One graph running every SGLD step: (z [B, D], weights [B, K], noise [S, B, D]) -> z_final [B, D].
+
+    An ONNX Loop over S = noise.shape[0] whose body is the class_grad graph (its weights stay in the
+    outer graph) followed by the update; `noise` is already scaled by sqrt(eps2).
+    """
+    node, f32 = helper.make_node, TensorProto.FLOAT
     body = helper.make_graph(
-        body_nodes + update,
+        _gradient_nodes(class_grad, "z_in")
+        + [node("Gather", ["noise", "iter"], ["noise_t"], axis=0)]
+        + _update_nodes(config, "z_in", "noise_t", "z_stepped")
+        + [node("Identity", ["cond_in"], ["cond_out"]), node("Identity", ["z_stepped"], ["z_out"])],
         "sgld_step",
         [
             helper.make_tensor_value_info("iter", TensorProto.INT64, []),
@@ -163,16 +207,7 @@ def fused_model(class_grad: onnx.ModelProto, config: SamplerConfig, prior_std: f
             helper.make_tensor_value_info("z_out", f32, None),
         ],
     )
-    scalars = {
-        "axis1": np.array([1], np.int64),
-        "tiny": np.float32(_TINY),
-        "zero_index": np.array([0], np.int64),
-        "cond_step": np.float32(config.eps1 * config.condition_scale),
-        "prior_step": np.float32(config.eps1 * config.prior_weight / prior_std**2),
-        "lo": np.float32(config.clip[0] if config.clip else 0),
-        "hi": np.float32(config.clip[1] if config.clip else 0),
-        "true": np.array(True),
-    }
+    loop_constants = {"zero_index": np.array([0], np.int64), "true": np.array(True)}
     outer = [
         node("Shape", ["noise"], ["noise_shape"]),
         node("Gather", ["noise_shape", "zero_index"], ["steps_1d"]),
@@ -184,11 +219,11 @@ def fused_model(class_grad: onnx.ModelProto, config: SamplerConfig, prior_std: f
         "fused_sgld",
         [*class_grad.graph.input, helper.make_tensor_value_info("noise", f32, ["steps", "batch", "D"])],
         [helper.make_tensor_value_info("z_final", f32, None)],
-        list(class_grad.graph.initializer) + [numpy_helper.from_array(np.asarray(v), k) for k, v in scalars.items()],
+        list(class_grad.graph.initializer)
+        + _step_constants(config, prior_std)
+        + [numpy_helper.from_array(v, k) for k, v in loop_constants.items()],
     )
-    model = helper.make_model(graph, opset_imports=class_grad.opset_import, functions=class_grad.functions)
-    model.ir_version = class_grad.ir_version
-    return model
+    return _model(class_grad, graph)
 
 
 def _produced(model: onnx.ModelProto, name: str) -> bool:

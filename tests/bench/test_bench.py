@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.__main__ import main
+from bench.cuda import run_graph_bound, run_step_bound, time_cuda_variants
 from bench.imagenet import ensure_bundle
 from bench.machine import graph_cost, products_model
 from bench.precision import int8_bundle
@@ -24,8 +25,10 @@ from bench.variants import (
     run_fused,
     run_iobinding,
     run_plain,
+    step_model,
     update_numpy,
 )
+from export_tools.quantize import LOST_COSINE, MIN_MEDIAN_GRAD_COSINE
 from latent_onnx import Pipeline, SGLDSampler, load_bundle
 from latent_onnx.onnx_scan import op_types
 from latent_onnx.priors import GaussianPrior
@@ -109,13 +112,30 @@ def test_fused_loop_and_io_binding_match_the_step_loop(problem):
     np.testing.assert_allclose(fused, plain, atol=1e-5)
 
 
+def test_device_resident_step_loop_matches_the_step_loop(problem):
+    # bench/cuda.py's runners, on the CPU's device buffers: the same chains as session.run per step
+    noise = problem.noise(4)
+    plain = run_plain(open_session(problem.model, 1), problem, noise)
+    stepper = open_session(step_model(problem.model, problem.config, problem.prior_std), 1)
+    np.testing.assert_allclose(run_step_bound(stepper, problem, noise, "cpu"), plain, atol=1e-5)
+    run_graph_bound(open_session(problem.model, 1), problem, 2, "cpu")  # binds and runs
+
+
+def test_cuda_variants_run_on_any_device(problem):
+    results = time_cuda_variants(problem, steps=2, rounds=1, device="cpu")
+    assert set(results) == {"loop", "graph-bound", "step-bound", "fused"}
+    assert all(result["step_s"] > 0 for result in results.values())
+
+
 @pytest.mark.parametrize("quantise", [int8_block_model, int8_dynamic_model])
 def test_int8_gradients_point_the_same_way(problem, quantise):
-    feeds = {"z": problem.z0, "weights": problem.weights}
+    # the converter's gate (export_tools.quantize), on any CPU: AVX2-only ones saturated 8-bit int8 weights
+    z = np.clip(np.random.default_rng(3).standard_normal((16, D), dtype=np.float32), *problem.config.clip)
+    feeds = {"z": z, "weights": np.repeat(problem.weights[:1], 16, axis=0)}
     _, want = open_session(problem.model, 1).run(["logp", "grad"], feeds)
     _, got = open_session(quantise(problem.model), 1).run(["logp", "grad"], feeds)
     cosine = np.sum(want * got, axis=1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
-    assert cosine.min() > 0.99
+    assert np.median(cosine) >= MIN_MEDIAN_GRAD_COSINE and cosine.min() >= LOST_COSINE, cosine
 
 
 @pytest.mark.slow
