@@ -226,12 +226,10 @@ def variants_section(pipe, batches, steps: int, threads, say) -> dict:
 
 def cuda_section(pipes: dict, batches, steps: int, say) -> dict:
     """Per bundle (name -> Pipeline) and batch, the CUDA step variants of bench.cuda (seconds per step)."""
-    from bench.cuda import cuda_available, time_cuda_variants
+    from bench.cuda import missing_cuda, time_cuda_variants
 
-    if not cuda_available():
-        return {
-            "skipped": f"this ONNX Runtime has no CUDA provider ({', '.join(__import__('onnxruntime').get_available_providers())})"
-        }
+    if missing_cuda():
+        return {"skipped": missing_cuda()}
     out = {}
     for name, pipe in pipes.items():
         out[name] = {}

@@ -126,5 +126,7 @@ def _cudagraph_runner(problem: StepProblem):
     return lambda n: run_step_cudagraph(session, problem, problem.noise(n))
 
 
-def cuda_available() -> bool:
-    return CUDA in ort.get_available_providers()
+def missing_cuda() -> str | None:
+    """Why the CUDA variants cannot run here, or None when ONNX Runtime has its CUDA provider."""
+    available = ort.get_available_providers()
+    return None if CUDA in available else f"this ONNX Runtime has no CUDA provider ({', '.join(available)})"

@@ -1,8 +1,8 @@
 """int8 weights for a gradient graph (class_grad): same inputs, outputs and contract, 3-6x faster on CPUs.
 
 ONNX Runtime's dynamic quantisation: every weight product becomes an integer product with int8
-weights (7 of the 8 bits used: REDUCE_RANGE) per output channel, its activations quantised at run time (VNNI/AMX integer units). The
-activations are quantised per tensor, so each product first divides every row (sample) by its own
+weights per output channel (7 of the 8 bits used: REDUCE_RANGE), its activations quantised at run
+time (VNNI/AMX integer units). The activations are quantised per tensor, so each product first divides every row (sample) by its own
 largest |value| and multiplies the result back (`rewrites.normalise_rows`): a chain whose gradient is
 small next to the rest of its batch keeps its own resolution instead of rounding to zero.
 The int8 graph is then checked against the float32 graph it came from on random contract inputs:

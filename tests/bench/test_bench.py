@@ -28,7 +28,7 @@ from bench.variants import (
     step_model,
     update_numpy,
 )
-from export_tools.quantize import LOST_COSINE, MIN_MEDIAN_GRAD_COSINE
+from export_tools.quantize import MIN_MEDIAN_GRAD_COSINE
 from latent_onnx import Pipeline, SGLDSampler, load_bundle
 from latent_onnx.onnx_scan import op_types
 from latent_onnx.priors import GaussianPrior
@@ -129,13 +129,13 @@ def test_cuda_variants_run_on_any_device(problem):
 
 @pytest.mark.parametrize("quantise", [int8_block_model, int8_dynamic_model])
 def test_int8_gradients_point_the_same_way(problem, quantise):
-    # the converter's gate (export_tools.quantize), on any CPU: AVX2-only ones saturated 8-bit int8 weights
+    # the converter's median gate, and every sample within 0.99, on any CPU (AVX2-only ones saturated 8-bit weights)
     z = np.clip(np.random.default_rng(3).standard_normal((16, D), dtype=np.float32), *problem.config.clip)
     feeds = {"z": z, "weights": np.repeat(problem.weights[:1], 16, axis=0)}
     _, want = open_session(problem.model, 1).run(["logp", "grad"], feeds)
     _, got = open_session(quantise(problem.model), 1).run(["logp", "grad"], feeds)
     cosine = np.sum(want * got, axis=1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
-    assert np.median(cosine) >= MIN_MEDIAN_GRAD_COSINE and cosine.min() >= LOST_COSINE, cosine
+    assert np.median(cosine) >= MIN_MEDIAN_GRAD_COSINE and cosine.min() > 0.99, cosine
 
 
 @pytest.mark.slow
