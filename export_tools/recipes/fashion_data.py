@@ -43,11 +43,13 @@ SPLIT_SEEDS = {"train": 1234, "test": 5678}  # colour draws; fixed so every run 
 
 @dataclass
 class ColouredSplit:
-    """One split: images uint8 [N, 32, 32, 3] RGB, labels int64 [N], colours int64 [N] (index into COLOUR_NAMES)."""
+    """One split: images uint8 [N, 32, 32, 3] RGB, labels int64 [N], colours int64 [N] (index into COLOUR_NAMES),
+    and the untinted items, gray uint8 [N, 32, 32] (padded like the images)."""
 
     images: np.ndarray
     labels: np.ndarray
     colours: np.ndarray
+    gray: np.ndarray
 
 
 def _read_idx(path: Path, offset: int) -> np.ndarray:
@@ -57,10 +59,14 @@ def _read_idx(path: Path, offset: int) -> np.ndarray:
         return np.frombuffer(handle.read(), dtype=np.uint8, offset=offset)
 
 
+def pad(gray: np.ndarray) -> np.ndarray:
+    """gray uint8 [N, 28, 28] -> uint8 [N, 32, 32], 2 black pixels on every side."""
+    return np.pad(gray, ((0, 0), (2, 2), (2, 2)))
+
+
 def colourize(gray: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """gray uint8 [N, 28, 28], colours int [N] -> uint8 [N, 32, 32, 3], padded by 2 pixels, tinted."""
-    padded = np.pad(gray, ((0, 0), (2, 2), (2, 2))).astype(np.float32) / 255.0
-    rgb = padded[..., None] * PALETTE_RGB[colours][:, None, None, :]
+    rgb = pad(gray).astype(np.float32)[..., None] / 255.0 * PALETTE_RGB[colours][:, None, None, :]
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
@@ -72,7 +78,7 @@ def load_split(split: str, data_dir: Path = DATA_DIR, limit: int | None = None) 
     colours = np.random.default_rng(SPLIT_SEEDS[split]).integers(0, len(COLOUR_NAMES), len(labels))
     if limit is not None:
         gray, labels, colours = gray[:limit], labels[:limit], colours[:limit]
-    return ColouredSplit(colourize(gray, colours), labels, colours.astype(np.int64))
+    return ColouredSplit(colourize(gray, colours), labels, colours.astype(np.int64), pad(gray))
 
 
 def class_file_lines() -> list[str]:

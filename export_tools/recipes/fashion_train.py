@@ -5,7 +5,8 @@
 2. whitening: whiten E's codes (mean/Cholesky baked into E and G as buffers).
 3. flow: a Real NVP flow f from u ~ N(0, I) to the whitened codes, by maximum likelihood; the
    bundle's latent is u (generator G(f(u)), encoder f^-1(E(x))), so its prior is exactly N(0, I).
-4. teacher: a pixel-space CNN of class and colour, trained on the real training images.
+4. teacher: a pixel-space CNN of class and colour, trained on the real training images, half of
+   them re-tinted with a blend of two palette colours and labelled with the blend's weights.
 5. generator: G fine-tuned DeePSiM-style (pixel + feature loss in E's space + adversarial) on
    codes, plus, on flow samples f(u), adversarial, cycle (E(G(f(u))) = f(u)) and colour-purity
    (the teacher's colour entropy of G(f(u))) losses.
@@ -53,10 +54,18 @@ from export_tools.nets.fashion import (
 )
 from export_tools.nets.flow import RealNVP, flow_loss
 from export_tools.recipes.errors import RecipeError
-from export_tools.recipes.fashion_data import CLASS_NAMES, COLOUR_NAMES, DATA_DIR, CaptionTable, load_split, vocabulary
+from export_tools.recipes.fashion_data import (
+    CLASS_NAMES,
+    COLOUR_NAMES,
+    DATA_DIR,
+    PALETTE_RGB,
+    CaptionTable,
+    load_split,
+    vocabulary,
+)
 
 STAGES = ("autoencoder", "whitening", "flow", "teacher", "generator", "head")
-RECIPE_VERSION = 4  # the networks, their starts and the stages a checkpoint holds; another version's is refused
+RECIPE_VERSION = 5  # the networks, their starts and the stages a checkpoint holds; another version's is refused
 
 
 @dataclass
@@ -84,6 +93,7 @@ class TrainConfig:
     feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
     cycle_weight: float = 0.05  # stage 5: weight of |E(G(z)) - z|^2 on flow samples
+    hue_mix: float = 0.5  # stage 4: fraction of the teacher's images tinted with a blend of two palette colours
     purity_weight: float = 0.0  # stage 5: weight of the teacher's colour entropy of G(f(u)) (one palette colour)
     train_limit: int | None = None  # use only the first N training images (tests, quick trials)
     seed: int = 0  # seed of initialisation, shuffling and noise
@@ -250,6 +260,7 @@ class Trainer:
         self.images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, 32, 32]
         self.labels = torch.from_numpy(train.labels)
         self.colours = torch.from_numpy(train.colours)
+        self.gray = torch.from_numpy(train.gray)  # uint8 [N, 32, 32]
         self.captions = CaptionTable(self.vocab)
         steps = {
             "autoencoder": self.autoencoder_epoch,
@@ -380,9 +391,12 @@ class Trainer:
         sums = {"class": 0.0, "colour": 0.0}
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
-            class_logits, colour_logits = teacher(self.pixels(index))
+            pixels, colour_probs = blend_hues(
+                self.pixels(index), self.gray[index], self.colours[index], self.config.hue_mix
+            )
+            class_logits, colour_logits = teacher(pixels)
             klass = F.cross_entropy(class_logits, self.labels[index])
-            colour = F.cross_entropy(colour_logits, self.colours[index])
+            colour = soft_cross_entropy(colour_logits, colour_probs)
             opt.zero_grad()
             (klass + colour).backward()
             opt.step()
@@ -543,6 +557,28 @@ class Trainer:
                 sums["agreement"] += (nets.head(u).argmax(1) == class_probs.argmax(1)).float().mean().item()
             self.report("head", step, len(batches), started, sums)
         return {k: v / len(batches) for k, v in sums.items()}
+
+
+def blend_hues(
+    pixels: torch.Tensor, gray: torch.Tensor, colours: torch.Tensor, fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-tint about `fraction` of a batch with `w * own + (1 - w) * other` palette colour, `w ~ U(0, 1)`,
+    labelled with the blend's weights, so that the teacher calls an in-between hue uncertain instead of
+    naming one colour at random: the generator draws such hues between its colour clusters, and a chain
+    that follows the teacher's (distilled) colour must be led to a palette hue, not to any hue the
+    teacher happens to call by the requested name.
+
+    pixels float32 [B, 3, 32, 32] in [0, 1] (the batch as tinted), gray uint8 [B, 32, 32], colours int64 [B]
+    -> pixels float32 [B, 3, 32, 32], colour probabilities float32 [B, 8] (one-hot where not blended).
+    """
+    count, palette = len(colours), torch.from_numpy(PALETTE_RGB) / 255.0
+    own = F.one_hot(colours, len(COLOUR_NAMES)).float()
+    other = F.one_hot((colours + torch.randint(1, len(COLOUR_NAMES), (count,))) % len(COLOUR_NAMES), len(COLOUR_NAMES))
+    blended = torch.rand(count) < fraction
+    weight = torch.where(blended, torch.rand(count), torch.ones(count))[:, None]
+    probs = weight * own + (1 - weight) * other.float()
+    tinted = gray.float()[:, None] / 255.0 * (probs @ palette)[:, :, None, None]
+    return torch.where(blended[:, None, None, None], tinted, pixels), probs
 
 
 def soft_cross_entropy(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,9 @@ def test_colours_are_deterministic_per_index(tiny_dataset):
     np.testing.assert_array_equal(first.colours[:100], again.colours)
     assert set(np.unique(first.colours)) == set(range(len(data.COLOUR_NAMES)))
     assert first.images.shape == (960, 32, 32, 3)
+    assert first.gray.shape == (960, 32, 32)  # the untinted items, padded like the images
+    tint = data.PALETTE_RGB[first.colours][:, None, None, :] / 255.0
+    np.testing.assert_array_equal(first.images, np.clip(np.rint(first.gray[..., None] * tint), 0, 255))
 
 
 def test_missing_dataset_names_the_install_command(tmp_path):

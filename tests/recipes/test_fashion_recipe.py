@@ -4,8 +4,8 @@ import torch
 
 from export_tools import ExportError
 from export_tools.recipes.fashion_bundle import write_fashion_bundle
-from export_tools.recipes.fashion_data import CLASS_NAMES, load_split
-from export_tools.recipes.fashion_train import Networks, TrainConfig, Trainer, trained_networks
+from export_tools.recipes.fashion_data import CLASS_NAMES, PALETTE_RGB, load_split
+from export_tools.recipes.fashion_train import Networks, TrainConfig, Trainer, blend_hues, trained_networks
 from latent_onnx import Pipeline
 
 TINY = dict(
@@ -109,6 +109,25 @@ def test_distillation_pool_is_cached_for_the_same_networks_and_rebuilt_for_other
     other.resume = lambda: None  # run() must keep the changed teacher
     (u2, class_probs2, _), lines = pool_of(other)
     assert "decoded and labelled" in lines[0] and torch.equal(u2, u) and not torch.equal(class_probs2, class_probs)
+
+
+def test_blended_hues_are_labelled_with_the_weights_of_their_two_palette_colours(tiny_dataset):
+    split = load_split("train", tiny_dataset, limit=512)
+    pixels = torch.from_numpy(split.images).permute(0, 3, 1, 2).float() / 255.0
+    gray, colours = torch.from_numpy(split.gray), torch.from_numpy(split.colours)
+    torch.manual_seed(0)
+    mixed, probs = blend_hues(pixels, gray, colours, fraction=0.5)
+    blended = ~torch.isclose(probs.max(1).values, torch.tensor(1.0))
+    assert 0.35 < blended.float().mean() < 0.65
+    assert torch.allclose(probs.sum(1), torch.ones(len(probs)))
+    assert ((probs > 0).sum(1) <= 2).all() and (probs[torch.arange(len(probs)), colours] > 0).all()
+    # a blended item is its gray levels times the weighted mean of the two colours; the rest are untouched
+    tint = probs @ torch.from_numpy(PALETTE_RGB) / 255.0
+    assert torch.allclose(mixed[blended], gray[blended].float()[:, None] / 255.0 * tint[blended][:, :, None, None])
+    assert torch.equal(mixed[~blended], pixels[~blended])
+    # no blending: the batch and one-hot labels as they were
+    same, one_hot = blend_hues(pixels, gray, colours, fraction=0.0)
+    assert torch.equal(same, pixels) and torch.equal(one_hot.argmax(1), colours) and (one_hot.max(1).values == 1).all()
 
 
 def test_each_network_starts_from_its_own_seed_whatever_the_others_sizes():
