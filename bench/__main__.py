@@ -226,7 +226,7 @@ def variants_section(pipe, batches, steps: int, threads, say) -> dict:
 
 def cuda_section(pipes: dict, batches, steps: int, say) -> dict:
     """Per bundle (name -> Pipeline) and batch, the CUDA step variants of bench.cuda (seconds per step)."""
-    from bench.cuda import missing_cuda, time_cuda_variants
+    from bench.cuda import missing_cuda, time_cuda_variants, time_product_capture
 
     if missing_cuda():
         return {"skipped": missing_cuda()}
@@ -237,6 +237,14 @@ def cuda_section(pipes: dict, batches, steps: int, say) -> dict:
             results = time_cuda_variants(step_problem(pipe, batch), steps)
             _say_variants(say, batch, results, f"{name} cuda ")
             out[name][str(batch)] = results
+        product = time_product_capture(pipe.bundle, _first_class(pipe), batches, steps, pipe.factory.threads)
+        for batch, row in product.items():
+            say(
+                f"  {name} cuda product batch {batch}: {row['uncaptured']['step_s'] * 1e3:.3f} ms/step uncaptured,"
+                f" {row['captured']['step_s'] * 1e3:.3f} captured (graphs {row['graph_ids']}),"
+                f" images differ by at most {row['max_pixel_difference']}"
+            )
+        out[name]["product"] = product
     return out
 
 

@@ -11,6 +11,8 @@ Each variant runs the same SGLD chains (bench.variants.StepProblem) on one devic
 - `step-cudagraph`: `step-bound` replayed as captured CUDA graphs (two, one per z buffer; the step's
   noise copied into a fixed buffer first), which removes the kernel launches' cost;
 - `fused`: every step in one run (bench.variants.fused_model: an ONNX Loop).
+`time_product_capture` times the product itself (`Pipeline`, bench.steps.time_path) on CUDA with its
+captured gradient graphs (latent_onnx.sessions.CAPTURED_ROLES) and without, side by side.
 The device runners take `device` ("cuda" or "cpu"), so that the tests check them against `loop` on a
 machine without a GPU.
 """
@@ -20,7 +22,11 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from bench.steps import time_path
 from bench.variants import StepProblem, _time_in_turns, fused_model, run_plain, step_model
+from latent_onnx import Pipeline
+from latent_onnx.bundle import Bundle
+from latent_onnx.sessions import SessionFactory
 
 CUDA = "CUDAExecutionProvider"
 
@@ -124,6 +130,25 @@ def _fused_runner(problem: StepProblem, device: str):
 def _cudagraph_runner(problem: StepProblem):
     session = open_on(step_model(problem.model, problem.config, problem.prior_std), "cuda", cuda_graph=True)
     return lambda n: run_step_cudagraph(session, problem, problem.noise(n))
+
+
+def time_product_capture(bundle: Bundle, classes: str, batches, steps: int, threads: int | None = None) -> dict:
+    """batch -> {"uncaptured": time_path's figures, "captured": the same, "max_pixel_difference": largest
+    difference of one seed's images between the two}: the product's latent path on CUDA without and
+    with captured gradient graphs, one pipeline each, measured one after the other per batch."""
+    pipes = {
+        name: Pipeline(bundle, SessionFactory("cuda", threads, cuda_graphs=captured))
+        for name, captured in (("uncaptured", False), ("captured", True))
+    }
+    out = {}
+    for batch in batches:
+        row = {name: time_path(pipe, classes, "latent", batch, steps).to_dict() for name, pipe in pipes.items()}
+        images = [pipe.generate(classes=classes, n=batch, batch_size=batch, seed=0).pixels for pipe in pipes.values()]
+        row["max_pixel_difference"] = int(np.abs(images[0].astype(np.int16) - images[1]).max())
+        captured = pipes["captured"].runner("class_grad")
+        row["graph_ids"] = dict(captured.bound.graph_ids) if captured.bound else {}  # batch -> CUDA graph id
+        out[str(batch)] = row
+    return out
 
 
 def missing_cuda() -> str | None:

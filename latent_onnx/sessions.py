@@ -29,6 +29,7 @@ except ImportError as _error:  # the base install has no ONNX Runtime: the cpu o
     ) from _error
 
 DEVICES = ("auto", "cpu", "cuda")
+_ORT_VERSION = tuple(int(part) for part in ort.__version__.split(".")[:2])
 # the CLI prints warnings as `latent-onnx: warning: ...`; with no handler set up, Python prints the message
 _log = logging.getLogger(__name__)
 _CUDA = "CUDAExecutionProvider"
@@ -81,6 +82,83 @@ QUANTISED_OPS = frozenset(
 # (graph sha256, threads) -> whether a quantised graph's unpacked session measured faster
 _UNPACKED_FASTER: dict[tuple, bool] = {}
 
+# On CUDA a small gradient graph is bound by kernel launches, not by its arithmetic: the default
+# bundle's class_grad took about 0.9 ms per run at any batch size on an H200, where replaying it as a
+# captured CUDA graph takes a quarter of that (bench --sections cuda). So on CUDA the gradient roles
+# run through IO binding into fixed device buffers (one set per batch size), and the first
+# CAPTURED_BATCHES batch sizes each get a CUDA graph (ONNX Runtime's enable_cuda_graph, gpu_graph_id
+# 1, 2, ...) that it captures on an early run and replays afterwards; further sizes run bound but
+# uncaptured. A new graph's replay is compared once with its first, uncaptured run (CAPTURE_CHECK_RUNS
+# runs: ONNX Runtime's regular runs before a capture, 1 or 2 by version, the capture, and a replay);
+# a mismatch or a failed capture turns capture off for the graph.
+CAPTURED_ROLES = ("class_grad", "caption_grad")
+CAPTURED_BATCHES = 8
+CAPTURE_CHECK_RUNS = 4
+
+
+class BoundRuns:
+    """Runs one session through IO binding, with every input and output in a buffer on `device` ("cuda" or
+    "cpu") that is allocated once per batch size and refilled per run; with `capture` (a session opened
+    with enable_cuda_graph) each of the first CAPTURED_BATCHES batch sizes replays its own CUDA graph.
+    Not thread-safe: GraphRunner calls it under a lock.
+    """
+
+    def __init__(self, session: ort.InferenceSession, output_specs: Callable[[int], list], device: str, capture: bool):
+        self.session = session
+        self.output_specs = output_specs  # batch -> [(name, numpy dtype, shape)] of the outputs, in order
+        self.device = device
+        self.capture = capture
+        self.graph_ids: dict[int, int] = {}  # batch size -> its CUDA graph id
+        # batch size -> (binding, {input name: OrtValue}, [output OrtValue], RunOptions)
+        self._slots: dict[int, tuple] = {}
+
+    def run(self, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+        """The outputs for `feeds` (checked by the caller; all of one batch size), as fresh host arrays."""
+        slot = self._slots.get(batch)
+        if slot is None:
+            return self._first_run(feeds, batch)
+        for name, array in feeds.items():
+            slot[1][name].update_inplace(np.ascontiguousarray(array))
+        return self._execute(slot)
+
+    def _execute(self, slot: tuple) -> list[np.ndarray]:
+        binding, _, outputs, options = slot
+        self.session.run_with_iobinding(binding, options)
+        # a CUDA buffer's numpy() is a host copy; a CPU buffer's is a view of what the next run overwrites
+        return [value.numpy().copy() if self.device == "cpu" else value.numpy() for value in outputs]
+
+    def _first_run(self, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+        binding, inputs, outputs = self.session.io_binding(), {}, []
+        for name, array in feeds.items():
+            inputs[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+            binding.bind_ortvalue_input(name, inputs[name])
+        for name, dtype, shape in self.output_specs(batch):
+            outputs.append(ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, 0))
+            binding.bind_ortvalue_output(name, outputs[-1])
+        uncaptured = ort.RunOptions()
+        uncaptured.add_run_config_entry("gpu_graph_id", "-1")
+        first = self._execute((binding, inputs, outputs, uncaptured))
+        options = uncaptured
+        if self.capture and len(self.graph_ids) < CAPTURED_BATCHES:
+            graph_id = len(self.graph_ids) + 1
+            options = ort.RunOptions()
+            options.add_run_config_entry("gpu_graph_id", str(graph_id))
+            try:
+                for _ in range(CAPTURE_CHECK_RUNS):
+                    replayed = self._execute((binding, inputs, outputs, options))
+                agrees = all(np.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(first, replayed))
+                problem = None if agrees else "a captured CUDA graph disagreed with its uncaptured run"
+            except Exception as error:  # onnxruntime raises its own untyped errors
+                problem = f"capturing a CUDA graph failed ({_first_line(error)})"
+            if problem is None:
+                self.graph_ids[batch] = graph_id
+            else:
+                _log.warning(f"{problem}; running without captured graphs")
+                self.capture, self.graph_ids, options = False, {}, uncaptured
+                self._slots = {size: (*slot[:3], uncaptured) for size, slot in self._slots.items()}
+        self._slots[batch] = (binding, inputs, outputs, options)
+        return first
+
 
 def _first_is_faster(first: ort.InferenceSession, second: ort.InferenceSession, names: list[str], feeds: dict) -> bool:
     """Whether `first` runs `feeds` faster than `second`: SINGLE_ROW_TRIALS runs each, taking turns, best of each."""
@@ -98,8 +176,9 @@ class GraphRunner:
 
     `open_single_row`, when given, opens the session that batch-1 runs use instead (see SINGLE_ROW_ROLES);
     it is opened on the first such run. With `timed_key` (a quantised graph) it is first timed against
-    `session` and used only when faster, a decision cached under that key. Safe to call from several
-    threads (ONNX Runtime's `run` is).
+    `session` and used only when faster, a decision cached under that key. With `bound_device`, every run
+    goes through BoundRuns on that device ("cuda" or "cpu"), capturing CUDA graphs when `capture` (see
+    CAPTURED_ROLES). Safe to call from several threads (ONNX Runtime's `run` is; bound runs take turns).
     """
 
     def __init__(
@@ -110,6 +189,8 @@ class GraphRunner:
         bundle_name: str,
         open_single_row: Callable[[], ort.InferenceSession] | None = None,
         timed_key: tuple | None = None,
+        bound_device: str | None = None,
+        capture: bool = False,
     ):
         self.role = role
         self.session = session
@@ -124,6 +205,8 @@ class GraphRunner:
         self._timed_key = timed_key
         self._single_row: ort.InferenceSession | None = None  # the session batch-1 runs use, once chosen
         self._lock = threading.Lock()
+        self.bound = None if bound_device is None else BoundRuns(session, self._output_specs, bound_device, capture)
+        self._bound_lock = threading.Lock()
 
     def session_for(self, batch: int) -> ort.InferenceSession:
         """The session that runs a batch of `batch` rows."""
@@ -146,6 +229,9 @@ class GraphRunner:
 
     def _expected(self, symbols) -> list:
         return [self.dims.get(s, s) if isinstance(s, str) else s for s in symbols]
+
+    def _output_specs(self, batch: int) -> list:
+        return [(name, dtype, [batch, *self._expected(symbols)[1:]]) for name, dtype, symbols in self.outputs]
 
     def _check_signature(self, kind: str, actual, expected):
         where = f"bundle '{self.bundle_name}': graph {self.role}"
@@ -195,7 +281,11 @@ class GraphRunner:
                 )
         where = f"bundle '{self.bundle_name}': graph {self.role}"
         try:
-            results = self.session_for(batch).run(self.output_names, feeds)
+            if self.bound is None:
+                results = self.session_for(batch).run(self.output_names, feeds)
+            else:
+                with self._bound_lock:
+                    results = self.bound.run(feeds, batch)
         except Exception as error:  # onnxruntime raises its own untyped errors (Fail, InvalidArgument, ...)
             raise BundleError(f"{where} failed in ONNX Runtime on a batch of {batch}: {_first_line(error)}") from None
         outputs = dict(zip(self.output_names, results))
@@ -254,7 +344,7 @@ def session_options(threads: int | None, allow_spinning: bool = False, prepack: 
 class SessionFactory:
     """Creates every session of a pipeline with one device choice and one thread setting."""
 
-    def __init__(self, device: str = "auto", threads: int | None = None):
+    def __init__(self, device: str = "auto", threads: int | None = None, cuda_graphs: bool = True):
         if device not in DEVICES:
             raise InputError(f"device must be one of {', '.join(DEVICES)}, not '{device}'")
         if threads is not None and (
@@ -270,6 +360,7 @@ class SessionFactory:
             )
         self.device = device
         self.threads = threads
+        self.cuda_graphs = cuda_graphs  # on CUDA, capture the gradient graphs (CAPTURED_ROLES)
         self._providers = [_CUDA, _CPU] if device in ("auto", "cuda") and _CUDA in available else [_CPU]
         if self._providers[0] == _CUDA:
             # A CUDA provider that fails to load logs several coloured lines to stderr from C++; create()
@@ -293,6 +384,10 @@ class SessionFactory:
                     " (device 'cpu' does not try CUDA)"
                 )
                 self._providers = [_CPU]
+        if role in CAPTURED_ROLES and self.cuda_graphs and session.get_providers()[0] == _CUDA:
+            captured = self._open_captured(bundle, role, model)
+            if captured is not None:
+                return GraphRunner(role, captured, bundle_dims(bundle), bundle.name, bound_device="cuda", capture=True)
         open_single_row = timed_key = None
         if role in SINGLE_ROW_ROLES and len(model) >= SINGLE_ROW_MIN_BYTES and session.get_providers()[0] == _CPU:
             options = session_options(
@@ -302,6 +397,19 @@ class SessionFactory:
             if op_types(model) & QUANTISED_OPS:
                 timed_key = (bundle.graphs[role].sha256, self.threads)
         return GraphRunner(role, session, bundle_dims(bundle), bundle.name, open_single_row, timed_key)
+
+    def _open_captured(self, bundle: Bundle, role: str, model: bytes) -> ort.InferenceSession | None:
+        """A CUDA session of the graph with CUDA graph capture on, or None when ONNX Runtime refuses it (for
+        example a node that runs on the CPU)."""
+        if _ORT_VERSION < (1, 18):  # one graph per session before 1.18: gpu_graph_id is not read
+            return None
+        providers = [(_CUDA, {"enable_cuda_graph": "1"}), _CPU]
+        try:
+            session = self._open(bundle, role, model, providers, session_options(self.threads))
+        except BundleError as error:
+            _log.info(f"graph {role} runs on CUDA without captured graphs: {error}")
+            return None
+        return session if session.get_providers()[0] == _CUDA else None
 
     @staticmethod
     def _open(

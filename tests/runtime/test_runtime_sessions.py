@@ -89,3 +89,71 @@ def test_without_onnx_runtime_using_the_pipeline_says_which_extra_to_install(tmp
     assert (
         "pip install 'latent-onnx[cpu]' (CPU), or pip install 'latent-onnx[gpu]' (NVIDIA CUDA); not both" in done.stderr
     )
+
+
+def _bound_twin(runner) -> sessions.GraphRunner:
+    """The same session and contract as `runner`, every run through IO binding on CPU buffers (the path that
+    CUDA runs take, without the capture)."""
+    return sessions.GraphRunner(runner.role, runner.session, runner.dims, runner.bundle_name, bound_device="cpu")
+
+
+@pytest.mark.parametrize("role", sessions.CAPTURED_ROLES)
+def test_bound_runs_give_the_plain_runs_results_for_every_batch_size(tiny_pipeline, role):
+    plain = tiny_pipeline.runner(role)
+    bound = _bound_twin(plain)
+    rng = np.random.default_rng(0)
+    sizes = [1, 3, 1, *range(2, sessions.CAPTURED_BATCHES + 3), 3]  # sizes seen again reuse their buffers
+    for batch in sizes:
+        feeds = plain.typical_feeds(batch)
+        feeds["z"] = rng.standard_normal(feeds["z"].shape).astype(np.float32)
+        want, got = plain.run(**feeds), bound.run(**feeds)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
+    assert set(bound.bound._slots) == set(sizes) and bound.bound.graph_ids == {}  # no capture on the CPU
+
+
+def test_a_bound_runs_results_are_not_overwritten_by_the_next_run(tiny_pipeline):
+    bound = _bound_twin(tiny_pipeline.runner("class_grad"))
+    feeds = bound.typical_feeds(2)
+    first = bound.run(**feeds)
+    kept = {name: array.copy() for name, array in first.items()}
+    bound.run(**{**feeds, "z": np.ones_like(feeds["z"])})
+    for name in kept:
+        np.testing.assert_array_equal(first[name], kept[name])
+
+
+def test_bound_runs_check_their_feeds_like_plain_runs(tiny_pipeline):
+    bound = _bound_twin(tiny_pipeline.runner("class_grad"))
+    feeds = bound.typical_feeds(2)
+    with pytest.raises(sessions.InputError, match="input 'z'"):
+        bound.run(**{**feeds, "z": feeds["z"].astype(np.float64)})
+    with pytest.raises(sessions.InputError, match="input 'weights' has shape"):
+        bound.run(**{**feeds, "weights": feeds["weights"][:1]})
+
+
+def test_on_the_cpu_no_graph_is_bound(tiny_pipeline):
+    assert all(tiny_pipeline.runner(role).bound is None for role in sessions.CAPTURED_ROLES)
+
+
+cuda = pytest.mark.skipif(
+    "CUDAExecutionProvider" not in sessions.ort.get_available_providers(), reason="needs ONNX Runtime's CUDA provider"
+)
+
+
+@cuda
+@pytest.mark.parametrize("classes, caption", [("0", None), (None, "a red sneaker")])
+def test_on_cuda_the_gradient_graphs_replay_captured_cuda_graphs_with_the_uncaptured_results(
+    tiny_bundle_template, classes, caption
+):
+    from latent_onnx.bundle import load_bundle
+    from latent_onnx.pipeline import Pipeline as Pipe
+
+    bundle = load_bundle(tiny_bundle_template)
+    pipes = [Pipe(bundle, sessions.SessionFactory("cuda", cuda_graphs=flag)) for flag in (False, True)]
+    request = dict(classes=classes, caption=caption, seed=3, steps=30)
+    results = [[pipe.generate(n=n, batch_size=4, **request) for n in (4, 6)] for pipe in pipes]
+    role = "class_grad" if classes else "caption_grad"
+    assert pipes[0].runner(role).bound is None
+    assert pipes[1].runner(role).bound.graph_ids == {4: 1, 2: 2}  # a full batch of 4 and a last one of 2
+    for plain, captured in zip(*results):
+        np.testing.assert_allclose(captured.z, plain.z, rtol=1e-4, atol=1e-4)
