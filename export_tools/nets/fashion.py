@@ -185,15 +185,29 @@ class CaptionerEnsemble(nn.ModuleList):
         return torch.stack([member(z, tokens, mask) for member in self]).mean(0)
 
 
+def brightness(x: torch.Tensor) -> torch.Tensor:
+    """x [B, 3, H, W] in [0, 1] -> [B, 3, H, W]: each pixel's largest channel, scaled so that the image's
+    brightest pixel is 1 (at most 20x), in all three channels. An item tinted with any palette colour
+    (`gray * colour`) gives the same picture, so what is read from it cannot depend on the colour."""
+    level = x.amax(1, keepdim=True)
+    level = level / level.amax((2, 3), keepdim=True).clamp_min(0.05)
+    return level.expand(-1, 3, -1, -1)
+
+
 class Teacher(nn.Module):
     """The recipe's pixel-space judge: x [B, 3, 32, 32] in [0, 1] -> (class logits [B, 10], colour logits [B, 8]).
 
     Trained on real images; it labels decoded codes G(f(u)), so that the head and the captioner learn
-    what the generator actually draws at u rather than which training image u came from.
+    what the generator actually draws at u rather than which training image u came from. With
+    `invariant_class` its class logits come from `brightness(x)` (the colour logits from x, through the
+    same layers), so that the class it names, and the heads learnt from it, do not depend on the
+    colour: a chain whose class pull is 20x its log-probability turns a small colour preference of
+    the class head into a large one among the samples.
     """
 
-    def __init__(self, width: int = 32, classes: int = 10, colours: int = 8):
+    def __init__(self, width: int = 32, classes: int = 10, colours: int = 8, invariant_class: bool = False):
         super().__init__()
+        self.invariant_class = invariant_class
         self.net = nn.Sequential(
             nn.Conv2d(3, width, 3, 1, 1),
             nn.LeakyReLU(0.2),
@@ -212,7 +226,8 @@ class Teacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.net(x)
-        return self.klass(h), self.colour(h)
+        shape = self.net(brightness(x)) if self.invariant_class else h
+        return self.klass(shape), self.colour(h)
 
 
 class Discriminator(nn.Module):

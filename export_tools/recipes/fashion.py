@@ -29,12 +29,16 @@ from latent_onnx.images import make_grid, save_png
 
 
 def config_options(function):
-    """One click option per TrainConfig field, named --field-name, defaulting to the dataclass default."""
+    """One click option per TrainConfig field, named --field-name (a flag pair --name / --no-name for a
+    bool), defaulting to the dataclass default."""
     for spec in reversed(dataclasses.fields(TrainConfig)):
-        kind = {"int": int, "float": float, "int | None": int}[str(spec.type)]
-        function = click.option(
-            f"--{spec.name.replace('_', '-')}", spec.name, type=kind, default=spec.default, show_default=True
-        )(function)
+        name = spec.name.replace("_", "-")
+        if str(spec.type) == "bool":
+            option = click.option(f"--{name}/--no-{name}", spec.name, default=spec.default, show_default=True)
+        else:
+            kind = {"int": int, "float": float, "int | None": int}[str(spec.type)]
+            option = click.option(f"--{name}", spec.name, type=kind, default=spec.default, show_default=True)
+        function = option(function)
     return function
 
 

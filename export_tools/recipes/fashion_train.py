@@ -6,7 +6,8 @@
 3. flow: a Real NVP flow f from u ~ N(0, I) to the whitened codes, by maximum likelihood; the
    bundle's latent is u (generator G(f(u)), encoder f^-1(E(x))), so its prior is exactly N(0, I).
 4. teacher: a pixel-space CNN of class and colour, trained on the real training images, half of
-   them re-tinted with a blend of two palette colours and labelled with the blend's weights.
+   them re-tinted with a blend of two palette colours and labelled with the blend's weights; its
+   class head reads the image's brightness only, so the class it names does not depend on the colour.
 5. generator: G fine-tuned DeePSiM-style (pixel + feature loss in E's space + adversarial) on
    codes, plus, on flow samples f(u), adversarial, cycle (E(G(f(u))) = f(u)) and colour-purity
    (the teacher's colour entropy of G(f(u))) losses.
@@ -93,6 +94,7 @@ class TrainConfig:
     feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
     cycle_weight: float = 0.05  # stage 5: weight of |E(G(z)) - z|^2 on flow samples
+    invariant_class: bool = True  # stage 4: the teacher's class head sees brightness only (nets.fashion.brightness)
     hue_mix: float = 0.5  # stage 4: fraction of the teacher's images tinted with a blend of two palette colours
     purity_weight: float = 0.0  # stage 5: weight of the teacher's colour entropy of G(f(u)) (one palette colour)
     train_limit: int | None = None  # use only the first N training images (tests, quick trials)
@@ -162,7 +164,10 @@ class Networks:
             discriminator=seeded("discriminator", lambda: Discriminator(config.width)),
             aux_classifier=seeded("aux_classifier", lambda: torch.nn.Linear(config.latent_dim, len(CLASS_NAMES))),
             flow=RealNVP(config.latent_dim, config.flow_couplings, config.flow_hidden, seed=config.seed),
-            teacher=seeded("teacher", lambda: Teacher(config.width, len(CLASS_NAMES), len(COLOUR_NAMES))),
+            teacher=seeded(
+                "teacher",
+                lambda: Teacher(config.width, len(CLASS_NAMES), len(COLOUR_NAMES), config.invariant_class),
+            ),
             caption_probe=torch.nn.ModuleList([seeded(f"caption_probe{i}", probe) for i in members]),
         )
 

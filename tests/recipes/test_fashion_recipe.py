@@ -130,6 +130,24 @@ def test_blended_hues_are_labelled_with_the_weights_of_their_two_palette_colours
     assert torch.equal(same, pixels) and torch.equal(one_hot.argmax(1), colours) and (one_hot.max(1).values == 1).all()
 
 
+def test_the_teachers_class_does_not_depend_on_the_colour_and_its_colour_does(tiny_dataset):
+    from export_tools.nets.fashion import Teacher, brightness
+
+    gray = torch.from_numpy(load_split("train", tiny_dataset, limit=4).gray).float()[:, None] / 255.0
+    tints = [gray * (torch.from_numpy(colour) / 255.0)[None, :, None, None] for colour in PALETTE_RGB]
+    for tinted in tints[1:]:
+        assert torch.allclose(brightness(tinted), brightness(tints[0]), atol=1e-6)
+    torch.manual_seed(0)
+    teacher = Teacher(width=4, invariant_class=True).eval()
+    with torch.no_grad():
+        (class_a, colour_a), (class_b, colour_b) = teacher(tints[0]), teacher(tints[4])
+    assert torch.allclose(class_a, class_b, atol=1e-5) and not torch.allclose(colour_a, colour_b, atol=1e-3)
+    plain = Teacher(width=4).eval()
+    plain.load_state_dict(teacher.state_dict())  # the same weights: the option adds none
+    with torch.no_grad():
+        assert not torch.allclose(plain(tints[0])[0], plain(tints[4])[0], atol=1e-3)
+
+
 def test_each_network_starts_from_its_own_seed_whatever_the_others_sizes():
     def starts(**options):
         nets = Networks.build(TrainConfig(**{**TINY, **options}), vocab_size=32)
