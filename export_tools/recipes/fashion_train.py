@@ -5,9 +5,9 @@
 2. whitening: whiten E's codes (mean/Cholesky baked into E and G as buffers).
 3. flow: a Real NVP flow f from u ~ N(0, I) to the whitened codes, by maximum likelihood; the
    bundle's latent is u (generator G(f(u)), encoder f^-1(E(x))), so its prior is exactly N(0, I).
-4. teacher: a pixel-space CNN of class and colour, trained on the real training images, half of
-   them re-tinted with a blend of two palette colours and labelled with the blend's weights; its
-   class head reads the image's brightness only, so the class it names does not depend on the colour.
+4. teacher: a pixel-space CNN of class and colour, trained on the real training images (options
+   tried, off by default: `hue_mix` re-tints a fraction of them with a blend of two palette colours,
+   labelled with the blend's weights; `invariant_class` makes its class head read brightness only).
 5. generator: G fine-tuned DeePSiM-style (pixel + feature loss in E's space + adversarial) on
    codes, plus, on flow samples f(u), adversarial, cycle (E(G(f(u))) = f(u)) and colour-purity
    (the teacher's colour entropy of G(f(u))) losses.
@@ -66,7 +66,7 @@ from export_tools.recipes.fashion_data import (
 )
 
 STAGES = ("autoencoder", "whitening", "flow", "teacher", "generator", "head")
-RECIPE_VERSION = 5  # the networks, their starts and the stages a checkpoint holds; another version's is refused
+RECIPE_VERSION = 4  # the networks, their starts and the stages a checkpoint holds; another version's is refused
 
 
 @dataclass
@@ -94,8 +94,10 @@ class TrainConfig:
     feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
     cycle_weight: float = 0.05  # stage 5: weight of |E(G(z)) - z|^2 on flow samples
-    invariant_class: bool = True  # stage 4: the teacher's class head sees brightness only (nets.fashion.brightness)
-    hue_mix: float = 0.5  # stage 4: fraction of the teacher's images tinted with a blend of two palette colours
+    invariant_class: bool = False  # stage 4: the teacher's class head sees brightness only (tried: mixed, see docs)
+    hue_mix: float = (
+        0.0  # stage 4: fraction of the teacher's images tinted with a blend of two palette colours (tried: 0.5)
+    )
     purity_weight: float = 0.0  # stage 5: weight of the teacher's colour entropy of G(f(u)) (one palette colour)
     train_limit: int | None = None  # use only the first N training images (tests, quick trials)
     seed: int = 0  # seed of initialisation, shuffling and noise
