@@ -95,9 +95,8 @@ class TrainConfig:
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
     cycle_weight: float = 0.05  # stage 5: weight of |E(G(z)) - z|^2 on flow samples
     invariant_class: bool = False  # stage 4: the teacher's class head sees brightness only (tried: mixed, see docs)
-    hue_mix: float = (
-        0.0  # stage 4: fraction of the teacher's images tinted with a blend of two palette colours (tried: 0.5)
-    )
+    # stage 4: fraction of the teacher's images tinted with a blend of two palette colours (tried: 0.5)
+    hue_mix: float = 0.0
     purity_weight: float = 0.0  # stage 5: weight of the teacher's colour entropy of G(f(u)) (one palette colour)
     train_limit: int | None = None  # use only the first N training images (tests, quick trials)
     seed: int = 0  # seed of initialisation, shuffling and noise
@@ -148,6 +147,8 @@ class Networks:
         ):
             if getattr(config, name) < 1:
                 raise RecipeError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(config, name)}")
+        if not 0 <= config.hue_mix <= 1:
+            raise RecipeError(f"--hue-mix is a fraction of the teacher's images, from 0 to 1, not {config.hue_mix}")
 
         def seeded(name: str, make):
             """make() with torch's generator seeded from (seed, name): no network's size changes another's start."""

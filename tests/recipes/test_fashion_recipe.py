@@ -178,6 +178,12 @@ def test_a_network_size_below_one_is_refused_in_one_line(option):
         Networks.build(TrainConfig(**{**TINY, option: -1}), vocab_size=32)
 
 
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan")])
+def test_a_hue_mix_outside_zero_to_one_is_refused_in_one_line(fraction):
+    with pytest.raises(ExportError, match="--hue-mix is a fraction of the teacher's images, from 0 to 1"):
+        Networks.build(TrainConfig(**{**TINY, "hue_mix": fraction}), vocab_size=32)
+
+
 def test_checkpoint_of_another_recipe_version_is_refused(tiny_run, tmp_path):
     state = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
     state["recipe_version"] = 1
