@@ -228,8 +228,9 @@ def cuda_section(pipes: dict, batches, steps: int, say) -> dict:
     """Per bundle (name -> Pipeline) and batch, the CUDA step variants of bench.cuda (seconds per step)."""
     from bench.cuda import missing_cuda, time_cuda_variants, time_product_capture
 
-    if missing_cuda():
-        return {"skipped": missing_cuda()}
+    problem = missing_cuda()
+    if problem:
+        return {"skipped": problem}
     out = {}
     for name, pipe in pipes.items():
         out[name] = {}

@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -96,6 +97,23 @@ CAPTURED_BATCHES = 8
 CAPTURE_CHECK_RUNS = 4
 
 
+@dataclass
+class _Slot:
+    """The IO binding of one batch size: its fixed input and output buffers and the options it runs with."""
+
+    binding: ort.IOBinding
+    inputs: dict[str, ort.OrtValue]
+    outputs: list[ort.OrtValue]
+    options: ort.RunOptions
+
+
+def _graph_options(graph_id: int) -> ort.RunOptions:
+    """Run options replaying CUDA graph `graph_id` (-1: run without capture)."""
+    options = ort.RunOptions()
+    options.add_run_config_entry("gpu_graph_id", str(graph_id))
+    return options
+
+
 class BoundRuns:
     """Runs one session through IO binding, with every input and output in a buffer on `device` ("cuda" or
     "cpu") that is allocated once per batch size and refilled per run; with `capture` (a session opened
@@ -109,8 +127,8 @@ class BoundRuns:
         self.device = device
         self.capture = capture
         self.graph_ids: dict[int, int] = {}  # batch size -> its CUDA graph id
-        # batch size -> (binding, {input name: OrtValue}, [output OrtValue], RunOptions)
-        self._slots: dict[int, tuple] = {}
+        self._slots: dict[int, _Slot] = {}  # batch size -> its buffers
+        self._uncaptured = _graph_options(-1)
 
     def run(self, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
         """The outputs for `feeds` (checked by the caller; all of one batch size), as fresh host arrays."""
@@ -118,45 +136,41 @@ class BoundRuns:
         if slot is None:
             return self._first_run(feeds, batch)
         for name, array in feeds.items():
-            slot[1][name].update_inplace(np.ascontiguousarray(array))
-        return self._execute(slot)
+            slot.inputs[name].update_inplace(np.ascontiguousarray(array))
+        return self._execute(slot, slot.options)
 
-    def _execute(self, slot: tuple) -> list[np.ndarray]:
-        binding, _, outputs, options = slot
-        self.session.run_with_iobinding(binding, options)
+    def _execute(self, slot: _Slot, options: ort.RunOptions) -> list[np.ndarray]:
+        self.session.run_with_iobinding(slot.binding, options)
         # a CUDA buffer's numpy() is a host copy; a CPU buffer's is a view of what the next run overwrites
-        return [value.numpy().copy() if self.device == "cpu" else value.numpy() for value in outputs]
+        return [value.numpy().copy() if self.device == "cpu" else value.numpy() for value in slot.outputs]
 
     def _first_run(self, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
-        binding, inputs, outputs = self.session.io_binding(), {}, []
+        slot = _Slot(self.session.io_binding(), {}, [], self._uncaptured)
         for name, array in feeds.items():
-            inputs[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
-            binding.bind_ortvalue_input(name, inputs[name])
+            slot.inputs[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+            slot.binding.bind_ortvalue_input(name, slot.inputs[name])
         for name, dtype, shape in self.output_specs(batch):
-            outputs.append(ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, 0))
-            binding.bind_ortvalue_output(name, outputs[-1])
-        uncaptured = ort.RunOptions()
-        uncaptured.add_run_config_entry("gpu_graph_id", "-1")
-        first = self._execute((binding, inputs, outputs, uncaptured))
-        options = uncaptured
+            slot.outputs.append(ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, 0))
+            slot.binding.bind_ortvalue_output(name, slot.outputs[-1])
+        first = self._execute(slot, self._uncaptured)
         if self.capture and len(self.graph_ids) < CAPTURED_BATCHES:
             graph_id = len(self.graph_ids) + 1
-            options = ort.RunOptions()
-            options.add_run_config_entry("gpu_graph_id", str(graph_id))
+            captured = _graph_options(graph_id)
             try:
                 for _ in range(CAPTURE_CHECK_RUNS):
-                    replayed = self._execute((binding, inputs, outputs, options))
+                    replayed = self._execute(slot, captured)
                 agrees = all(np.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(first, replayed))
                 problem = None if agrees else "a captured CUDA graph disagreed with its uncaptured run"
             except Exception as error:  # onnxruntime raises its own untyped errors
                 problem = f"capturing a CUDA graph failed ({_first_line(error)})"
             if problem is None:
-                self.graph_ids[batch] = graph_id
+                self.graph_ids[batch], slot.options = graph_id, captured
             else:
                 _log.warning(f"{problem}; running without captured graphs")
-                self.capture, self.graph_ids, options = False, {}, uncaptured
-                self._slots = {size: (*slot[:3], uncaptured) for size, slot in self._slots.items()}
-        self._slots[batch] = (binding, inputs, outputs, options)
+                self.capture, self.graph_ids = False, {}
+                for other in self._slots.values():
+                    other.options = self._uncaptured
+        self._slots[batch] = slot
         return first
 
 
@@ -372,6 +386,11 @@ class SessionFactory:
         """A checked runner for one graph of the bundle, loaded from its verified bytes."""
         model = bundle.graph_bytes(role)
         with self._lock:  # one provider decision at a time (auto falls back to CPU once)
+            captured = None
+            if role in CAPTURED_ROLES and self.cuda_graphs and self._providers[0] == _CUDA:
+                captured = self._open_captured(bundle, role, model)
+            if captured is not None:
+                return GraphRunner(role, captured, bundle_dims(bundle), bundle.name, bound_device="cuda", capture=True)
             session = self._open(bundle, role, model, self._providers, session_options(self.threads))
             if self._providers[0] == _CUDA and session.get_providers()[0] != _CUDA:
                 if self.device == "cuda":
@@ -384,10 +403,6 @@ class SessionFactory:
                     " (device 'cpu' does not try CUDA)"
                 )
                 self._providers = [_CPU]
-        if role in CAPTURED_ROLES and self.cuda_graphs and session.get_providers()[0] == _CUDA:
-            captured = self._open_captured(bundle, role, model)
-            if captured is not None:
-                return GraphRunner(role, captured, bundle_dims(bundle), bundle.name, bound_device="cuda", capture=True)
         open_single_row = timed_key = None
         if role in SINGLE_ROW_ROLES and len(model) >= SINGLE_ROW_MIN_BYTES and session.get_providers()[0] == _CPU:
             options = session_options(
@@ -400,7 +415,7 @@ class SessionFactory:
 
     def _open_captured(self, bundle: Bundle, role: str, model: bytes) -> ort.InferenceSession | None:
         """A CUDA session of the graph with CUDA graph capture on, or None when ONNX Runtime refuses it (for
-        example a node that runs on the CPU)."""
+        example a node that runs on the CPU) or CUDA does not start (the plain session then says why)."""
         if _ORT_VERSION < (1, 18):  # one graph per session before 1.18: gpu_graph_id is not read
             return None
         providers = [(_CUDA, {"enable_cuda_graph": "1"}), _CPU]

@@ -579,8 +579,10 @@ def blend_hues(
     pixels float32 [B, 3, 32, 32] in [0, 1] (the batch as tinted), gray uint8 [B, 32, 32], colours int64 [B]
     -> pixels float32 [B, 3, 32, 32], colour probabilities float32 [B, 8] (one-hot where not blended).
     """
-    count, palette = len(colours), torch.from_numpy(PALETTE_RGB) / 255.0
     own = F.one_hot(colours, len(COLOUR_NAMES)).float()
+    if fraction == 0:  # the default: no random draws, no tinting
+        return pixels, own
+    count, palette = len(colours), torch.from_numpy(PALETTE_RGB) / 255.0
     other = F.one_hot((colours + torch.randint(1, len(COLOUR_NAMES), (count,))) % len(COLOUR_NAMES), len(COLOUR_NAMES))
     blended = torch.rand(count) < fraction
     weight = torch.where(blended, torch.rand(count), torch.ones(count))[:, None]
