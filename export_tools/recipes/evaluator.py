@@ -239,6 +239,24 @@ class EvaluationPlan:
     rows: tuple[str, ...] = ("real", "latent", "captions", "composite", "crossing")  # which rows to measure
 
 
+def make_samples(
+    pipe, requests: list[dict], count: int | None, path: str, seed: int, batch_size: int, sampler: dict
+) -> np.ndarray:
+    """Images uint8 [N, H, W, 3] for each request (`Pipeline.generate` keywords; `count` each unless the
+    request sets n), in order. Every request gets start indices of its own (sample i uses rng [seed, i]):
+    with shared indices the i-th sample of every class or caption would start from the same code, and one
+    unlucky start would count against all of them."""
+    images, first = [], 0
+    for request in requests:
+        size = {"n": count} if count is not None else {}
+        pixels = pipe.generate(
+            seed=seed, batch_size=batch_size, path=path, start_index=first, **size, **request, **sampler
+        ).pixels
+        images.append(pixels)
+        first += len(pixels)
+    return np.concatenate(images)
+
+
 def evaluate_bundle(
     pipe, judge: Judge, plan: EvaluationPlan, sampler: dict, data_dir: Path = DATA_DIR, log=print
 ) -> dict[str, dict]:
@@ -263,15 +281,8 @@ def evaluate_bundle(
 
     def generate(requests: list[dict], count: int | None, path: str) -> tuple[np.ndarray, float]:
         started = time.time()
-        images = []
-        for request in requests:
-            size = {"n": count} if count is not None else {}
-            images.append(
-                pipe.generate(
-                    seed=plan.seed, batch_size=plan.batch_size, path=path, **size, **request, **sampler
-                ).pixels
-            )
-        return np.concatenate(images), time.time() - started
+        images = make_samples(pipe, requests, count, path, plan.seed, plan.batch_size, sampler)
+        return images, time.time() - started
 
     class_requests = [{"classes": name} for name in CLASS_NAMES]
     classes_row = None

@@ -5,11 +5,13 @@ from export_tools.recipes.evaluator import (
     EvaluatorNet,
     Judge,
     frechet_distance,
+    make_samples,
     mean_pairwise_distance,
     random_shift,
     score,
 )
 from export_tools.recipes.fashion import parse_overrides
+from latent_onnx import Pipeline
 
 
 def test_mean_pairwise_distance_of_known_points():
@@ -46,3 +48,15 @@ def test_score_counts_agreement_per_request():
 def test_sampler_overrides_keep_numbers_flags_none_and_words():
     overrides = parse_overrides(("eps1=0.02", "steps=1", "normalize_grad=true", "eps1_final=none", "start=init"))
     assert overrides == {"eps1": 0.02, "steps": 1, "normalize_grad": True, "eps1_final": None, "start": "init"}
+
+
+def test_each_request_starts_from_codes_of_its_own():
+    # with 0 steps an image is its decoded start: the i-th images of two requests must differ, and a
+    # request's images must be those of one generate call over its own start indices
+    pipe = Pipeline.from_bundle(None, device="cpu", threads=1)
+    requests = [{"classes": "bag"}, {"classes": "sandal"}]
+    images = make_samples(pipe, requests, 3, "latent", seed=7, batch_size=2, sampler={"steps": 0})
+    assert images.shape == (6, 32, 32, 3)
+    assert all((images[i] != images[3 + i]).any() for i in range(3))
+    second = pipe.generate(classes="sandal", n=3, seed=7, start_index=3, steps=0).pixels
+    np.testing.assert_array_equal(images[3:], second)
