@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from export_tools.recipes.evaluator import mean_pairwise_distance
 from export_tools.recipes.fashion_bundle import PRESETS, SAMPLER_DEFAULTS
 from export_tools.recipes.fashion_data import CLASS_NAMES, COLOUR_NAMES, PALETTE
 from latent_onnx import Pipeline
@@ -50,11 +51,8 @@ def test_class_samples_are_that_class_for_the_bundle_classifier(pipe):
 
 
 def _pixel_spread(pixels: np.ndarray) -> float:
-    """Mean pairwise Euclidean distance of images uint8 [N, H, W, 3], scaled to [0, 1]."""
-    x = pixels.reshape(len(pixels), -1).astype(np.float64) / 255
-    squared = (x**2).sum(1)
-    distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * x @ x.T, 0))
-    return float(distances.sum() / (len(x) * (len(x) - 1)))
+    """Mean pairwise distance of images uint8 [N, H, W, 3] as vectors in [0, 1]."""
+    return mean_pairwise_distance(pixels.reshape(len(pixels), -1).astype(np.float64) / 255)
 
 
 def test_the_diverse_preset_spreads_class_samples_wider_and_keeps_their_class(pipe):
