@@ -10,7 +10,8 @@
    labelled with the blend's weights; `invariant_class` makes its class head read brightness only).
 5. generator: G fine-tuned DeePSiM-style (pixel + feature loss in E's space + adversarial) on
    codes, plus, on flow samples f(u), adversarial, cycle (E(G(f(u))) = f(u)) and colour-purity
-   (the teacher's colour entropy of G(f(u))) losses.
+   (the teacher's colour entropy of G(f(u))) losses; options tried, off by default: more adversarial
+   weight on G(f(u)) alone, and matching the teacher's feature statistics of G(f(u)) to the data's.
 6. head: the MLP head and the LRCN captioner, distilled from the teacher on a pool of codes
    u = sqrt(1 - a^2) f^-1(E(x)) + a eps (eps ~ N(0, I), a ~ U(0, 1) per code), each labelled by the
    teacher's class and colour probabilities for the decoded image G(f(u)). The pool spans the path
@@ -94,6 +95,9 @@ class TrainConfig:
     feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
     cycle_weight: float = 0.05  # stage 5: weight of |E(G(z)) - z|^2 on flow samples
+    sample_adversarial_weight: float = 0.0  # stage 5: extra weight of the adversarial loss on flow samples G(f(u))
+    # stage 5: weight of matching the mean and covariance of the teacher's features of G(f(u)) to the real images'
+    feature_match_weight: float = 0.0
     invariant_class: bool = False  # stage 4: the teacher's class head sees brightness only (tried: mixed, see docs)
     # stage 4: fraction of the teacher's images tinted with a blend of two palette colours (tried: 0.5)
     hue_mix: float = 0.0
@@ -424,7 +428,8 @@ class Trainer:
             frozen.requires_grad_(False)
         opt_g = self.optimizer("generator", generator.parameters(), cfg.lr / 2)
         opt_d = self.optimizer("discriminator", disc.parameters(), cfg.lr / 2)
-        sums = {"pixel": 0.0, "feature": 0.0, "cycle": 0.0, "purity": 0.0, "adv_g": 0.0, "adv_d": 0.0}
+        sums = {"pixel": 0.0, "feature": 0.0, "cycle": 0.0, "purity": 0.0, "match": 0.0, "adv_g": 0.0, "adv_d": 0.0}
+        real_features = FeatureStatistics(self.over_training_set(teacher.net))
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
             x = self.pixels(index)
@@ -444,16 +449,23 @@ class Trainer:
             pixel = F.l1_loss(recon, x)
             feature = sum(F.mse_loss(a, b) for a, b in zip(encoder.features(recon), target_features))
             cycle = F.mse_loss(encoder(sampled), z_prior)
-            adv_g = F.softplus(-disc(torch.cat([recon, sampled]))).mean()
-            with torch.set_grad_enabled(cfg.purity_weight > 0):  # only logged at weight 0: no backward through it
-                colour_logp = teacher(sampled)[1].log_softmax(1)
+            realness = disc(torch.cat([recon, sampled]))
+            adv_g = F.softplus(-realness).mean()
+            adv_sampled = F.softplus(-realness[len(index) :]).mean()
+            # the teacher's view of the flow samples, only logged where both weights are 0: no backward through it
+            with torch.set_grad_enabled(cfg.purity_weight > 0 or cfg.feature_match_weight > 0):
+                sampled_features = teacher.net(sampled)
+                colour_logp = teacher.colour(sampled_features).log_softmax(1)
                 purity = -(colour_logp.exp() * colour_logp).sum(1).mean()  # entropy: 0 for one palette colour
+                match = real_features.mismatch(sampled_features)
             loss = (
                 pixel
                 + cfg.feature_weight * feature
                 + cfg.cycle_weight * cycle
                 + cfg.purity_weight * purity
                 + cfg.adversarial_weight * adv_g
+                + cfg.sample_adversarial_weight * adv_sampled
+                + cfg.feature_match_weight * match
             )
             opt_g.zero_grad()
             loss.backward()
@@ -463,6 +475,7 @@ class Trainer:
                 ("feature", feature),
                 ("cycle", cycle),
                 ("purity", purity),
+                ("match", match),
                 ("adv_g", adv_g),
                 ("adv_d", adv_d),
             ):
@@ -565,6 +578,22 @@ class Trainer:
                 sums["agreement"] += (nets.head(u).argmax(1) == class_probs.argmax(1)).float().mean().item()
             self.report("head", step, len(batches), started, sums)
         return {k: v / len(batches) for k, v in sums.items()}
+
+
+class FeatureStatistics:
+    """Mean and correlation of a reference feature set [N, F], and how far a batch's moments are from them."""
+
+    def __init__(self, features: torch.Tensor):
+        self.mean = features.mean(0)
+        self.std = features.std(0) + 1e-6
+        self.correlation = torch.corrcoef(features.T)
+
+    def mismatch(self, features: torch.Tensor) -> torch.Tensor:
+        """Mean squared gap of the standardised mean and covariance of features [B, F] to the reference's (scalar)."""
+        standard = (features - self.mean) / self.std
+        centred = standard - standard.mean(0)
+        covariance = centred.T @ centred / (len(features) - 1)
+        return standard.mean(0).pow(2).mean() + (covariance - self.correlation).pow(2).mean()
 
 
 def blend_hues(

@@ -9,6 +9,7 @@ from export_tools.recipes.fashion_train import (
     RECIPE_VERSION,
     Networks,
     TrainConfig,
+    FeatureStatistics,
     Trainer,
     blend_hues,
     trained_networks,
@@ -135,6 +136,18 @@ def test_blended_hues_are_labelled_with_the_weights_of_their_two_palette_colours
     # no blending: the batch and one-hot labels as they were
     same, one_hot = blend_hues(pixels, gray, colours, fraction=0.0)
     assert torch.equal(same, pixels) and torch.equal(one_hot.argmax(1), colours) and (one_hot.max(1).values == 1).all()
+
+
+def test_feature_statistics_measure_the_gap_of_a_batchs_mean_and_covariance_to_the_reference():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(20000, 3, generator=generator) * torch.tensor([1.0, 2.0, 3.0]) + torch.tensor([5.0, 6, 7])
+    statistics = FeatureStatistics(reference)
+    batch = reference[:4000]
+    assert statistics.mismatch(batch) < 0.01  # a draw of the reference itself
+    shifted = batch + 2 * statistics.std  # every standardised mean 2, covariance unchanged: 2 ** 2
+    assert statistics.mismatch(shifted) == pytest.approx(4.0, abs=0.05)
+    spread = statistics.mean + 2 * (batch - statistics.mean)  # standardised covariance 4 I against I: 3 ** 2 * 3 / 9
+    assert statistics.mismatch(spread) == pytest.approx(3.0, abs=0.2)
 
 
 def test_the_teachers_class_does_not_depend_on_the_colour_and_its_colour_does(tiny_dataset):
