@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -82,6 +83,19 @@ QUANTISED_OPS = frozenset(
 )
 # (graph sha256, threads) -> whether a quantised graph's unpacked session measured faster
 _UNPACKED_FASTER: dict[tuple, bool] = {}
+
+# On the CPU a small gradient graph (below SINGLE_ROW_MIN_BYTES, such as fashion-colors' 0.5 MB
+# class_grad) is bound by the fixed cost of its hundred-odd small nodes, and splitting each node over
+# the intra-op threads adds a hand-off per node: on a 2-core AMD EPYC (AVX-512 VNNI, 32 MiB L3) that
+# class_grad took 0.089 / 0.363 ms per run at batch 8 / 64 on one thread against 0.140 / 0.568 ms on
+# two (sleeping between runs, as session_options sets), and at batch 256 two threads were as fast
+# (1.23 against 1.30 ms). Where that helps depends on the machine and the batch, so a pipeline with
+# more than one thread times, at each batch size's first run of such a graph, a one-thread session
+# against the shared one (SINGLE_ROW_TRIALS runs each, taking turns) and keeps the faster for that
+# batch size; the decision is kept for the process per graph (sha256), thread setting and batch size.
+SERIAL_ROLES = ("class_grad", "caption_grad")
+# (graph sha256, threads, batch) -> whether the one-thread session measured faster
+_SERIAL_FASTER: dict[tuple, bool] = {}
 
 # On CUDA a small gradient graph is bound by kernel launches, not by its arithmetic: the default
 # bundle's class_grad took about 0.9 ms per run at any batch size on an H200, where replaying it as a
@@ -190,7 +204,9 @@ class GraphRunner:
 
     `open_single_row`, when given, opens the session that batch-1 runs use instead (see SINGLE_ROW_ROLES);
     it is opened on the first such run. With `timed_key` (a quantised graph) it is first timed against
-    `session` and used only when faster, a decision cached under that key. With `bound_device`, every run
+    `session` and used only when faster, a decision cached under that key. `open_serial`, when given,
+    opens a one-thread session that each batch size uses where it measured faster (see SERIAL_ROLES),
+    decisions cached under `serial_key` and the batch size. With `bound_device`, every run
     goes through BoundRuns on that device ("cuda" or "cpu"), capturing CUDA graphs when `capture` (see
     CAPTURED_ROLES). Safe to call from several threads (ONNX Runtime's `run` is; bound runs take turns).
     """
@@ -203,6 +219,8 @@ class GraphRunner:
         bundle_name: str,
         open_single_row: Callable[[], ort.InferenceSession] | None = None,
         timed_key: tuple | None = None,
+        open_serial: Callable[[], ort.InferenceSession] | None = None,
+        serial_key: tuple | None = None,
         bound_device: str | None = None,
         capture: bool = False,
     ):
@@ -218,12 +236,17 @@ class GraphRunner:
         self._open_single_row = open_single_row
         self._timed_key = timed_key
         self._single_row: ort.InferenceSession | None = None  # the session batch-1 runs use, once chosen
+        self._open_serial = open_serial
+        self._serial_key = serial_key
+        self._serial: ort.InferenceSession | None = None  # the one-thread session, once a batch size wants it
         self._lock = threading.Lock()
         self.bound = None if bound_device is None else BoundRuns(session, self._output_specs, bound_device, capture)
         self._bound_lock = threading.Lock()
 
     def session_for(self, batch: int) -> ort.InferenceSession:
         """The session that runs a batch of `batch` rows."""
+        if self._open_serial is not None:
+            return self._serial_for(batch)
         if batch != 1 or self._open_single_row is None:
             return self.session
         with self._lock:
@@ -236,6 +259,19 @@ class GraphRunner:
                     )
                 self._single_row = unpacked if faster else self.session
             return self._single_row
+
+    def _serial_for(self, batch: int) -> ort.InferenceSession:
+        """The one-thread session where it runs `batch` rows faster than the shared one, else the shared one."""
+        with self._lock:
+            key = (*self._serial_key, batch)
+            faster = _SERIAL_FASTER.get(key)
+            if faster is not False and self._serial is None:
+                self._serial = self._open_serial()
+            if faster is None:
+                faster = _SERIAL_FASTER[key] = _first_is_faster(
+                    self._serial, self.session, self.output_names, self.typical_feeds(batch)
+                )
+            return self._serial if faster else self.session
 
     @property
     def provider(self) -> str:
@@ -403,15 +439,26 @@ class SessionFactory:
                     " (device 'cpu' does not try CUDA)"
                 )
                 self._providers = [_CPU]
-        open_single_row = timed_key = None
-        if role in SINGLE_ROW_ROLES and len(model) >= SINGLE_ROW_MIN_BYTES and session.get_providers()[0] == _CPU:
+        open_single_row = timed_key = open_serial = serial_key = None
+        on_cpu = session.get_providers()[0] == _CPU
+        if role in SINGLE_ROW_ROLES and len(model) >= SINGLE_ROW_MIN_BYTES and on_cpu:
             options = session_options(
                 self.threads, prepack=False
             )  # the bytes are read (and verified) again when opened
             open_single_row = lambda: self._open(bundle, role, bundle.graph_bytes(role), [_CPU], options)  # noqa: E731
             if op_types(model) & QUANTISED_OPS:
                 timed_key = (bundle.graphs[role].sha256, self.threads)
-        return GraphRunner(role, session, bundle_dims(bundle), bundle.name, open_single_row, timed_key)
+        elif (
+            role in SERIAL_ROLES
+            and len(model) < SINGLE_ROW_MIN_BYTES
+            and on_cpu
+            and (self.threads or os.cpu_count() or 1) > 1
+        ):
+            open_serial = lambda: self._open(bundle, role, bundle.graph_bytes(role), [_CPU], session_options(1))  # noqa: E731
+            serial_key = (bundle.graphs[role].sha256, self.threads)
+        return GraphRunner(
+            role, session, bundle_dims(bundle), bundle.name, open_single_row, timed_key, open_serial, serial_key
+        )
 
     def _open_captured(self, bundle: Bundle, role: str, model: bytes) -> ort.InferenceSession | None:
         """A CUDA session of the graph with CUDA graph capture on, or None when ONNX Runtime refuses it (for

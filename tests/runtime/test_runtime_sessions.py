@@ -1,4 +1,5 @@
-"""The session choice for single chains of a large class_grad: float32 unpacked, quantised by measurement."""
+"""Session choices: single chains of a large class_grad (float32 unpacked, quantised by measurement), and a small
+gradient graph on one thread per batch size where measured faster."""
 
 import numpy as np
 import onnx
@@ -157,3 +158,50 @@ def test_on_cuda_the_gradient_graphs_replay_captured_cuda_graphs_with_the_uncapt
     assert pipes[1].runner(role).bound.graph_ids == {4: 1, 2: 2}  # a full batch of 4 and a last one of 2
     for plain, captured in zip(*results):
         np.testing.assert_allclose(captured.z, plain.z, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def small_bundle(tmp_path, monkeypatch):
+    monkeypatch.setattr(sessions, "_SERIAL_FASTER", {})
+    write_tiny_bundle(tmp_path / "bundle")
+    return tmp_path / "bundle"
+
+
+def _threads(session) -> int:
+    return session.get_session_options().intra_op_num_threads
+
+
+def test_a_small_gradient_graph_runs_each_batch_size_on_one_thread_only_where_measured_faster(
+    small_bundle, monkeypatch
+):
+    timed = []
+    monkeypatch.setattr(
+        sessions, "_first_is_faster", lambda first, second, names, feeds: timed.append(feeds) or len(feeds["z"]) == 8
+    )
+    runner = Pipeline.from_bundle(small_bundle, device="cpu", threads=2).runner("class_grad")
+    assert _threads(runner.session) == 2
+    serial = runner.session_for(8)
+    assert serial is not runner.session and _threads(serial) == 1 and timed[0]["z"].shape == (8, D)
+    assert runner.session_for(64) is runner.session  # measured slower at this batch size
+    assert runner.session_for(8) is serial and runner.session_for(64) is runner.session and len(timed) == 2
+    again = Pipeline.from_bundle(small_bundle, device="cpu", threads=2).runner("class_grad")
+    assert _threads(again.session_for(8)) == 1 and again.session_for(64) is again.session
+    assert len(timed) == 2  # decided once per graph, thread setting and batch size
+
+
+def test_one_thread_pipelines_open_no_second_session(small_bundle, monkeypatch):
+    monkeypatch.setattr(sessions, "_first_is_faster", lambda *args: pytest.fail("nothing to time on one thread"))
+    runner = Pipeline.from_bundle(small_bundle, device="cpu", threads=1).runner("class_grad")
+    assert runner.session_for(8) is runner.session
+
+
+def test_either_session_gives_the_same_gradients(small_bundle):
+    z = np.random.default_rng(0).standard_normal((8, D)).astype(np.float32)
+    weights = np.eye(K, dtype=np.float32)[np.arange(8) % K]
+    runner = Pipeline.from_bundle(small_bundle, device="cpu", threads=2).runner("class_grad")
+    chosen = runner.run(z=z, weights=weights)  # times both sessions at batch 8, then runs on the faster
+    assert list(sessions._SERIAL_FASTER) == [(runner._serial_key[0], 2, 8)]
+    other = runner.session if runner.session_for(8) is not runner.session else runner._serial
+    np.testing.assert_allclose(
+        chosen["grad"], other.run(["grad"], {"z": z, "weights": weights})[0], rtol=1e-5, atol=1e-6
+    )
