@@ -7,9 +7,9 @@ from export_tools.recipes.fashion_bundle import write_fashion_bundle
 from export_tools.recipes.fashion_data import CLASS_NAMES, PALETTE_RGB, load_split
 from export_tools.recipes.fashion_train import (
     RECIPE_VERSION,
+    FeatureStatistics,
     Networks,
     TrainConfig,
-    FeatureStatistics,
     Trainer,
     blend_hues,
     trained_networks,
