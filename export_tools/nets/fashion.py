@@ -73,9 +73,13 @@ class Encoder(nn.Module):
 
 
 class Generator(nn.Module):
-    """G: z [B, D] (whitened code) -> x [B, 3, 32, 32] in [0, 1]."""
+    """G: z [B, D] (whitened code) -> x [B, 3, 32, 32] in [0, 1], drawn the way the data is made: a
+    one-channel shape [B, 1, 32, 32] in [0, 1] times one tint [B, 3], the softmax mixture over `tints`
+    learned colours that the code picks (`tint_logits`). Where the code picks one colour the picture is
+    that colour alone, so a code between two colour clusters cannot decode to a smear of hues across the
+    item, only to the one tint its softmax names (stage 5 keeps that softmax sharp on the flow's draws)."""
 
-    def __init__(self, latent_dim: int = 64, width: int = 32):
+    def __init__(self, latent_dim: int = 64, width: int = 32, tints: int = 8):
         super().__init__()
         self.width = width
         self.whitening = Whitening(latent_dim)
@@ -87,16 +91,23 @@ class Generator(nn.Module):
                 nn.ConvTranspose2d(width, width, 4, 2, 1),  # 32x32
             ]
         )
-        self.to_rgb = nn.Conv2d(width, 3, 3, 1, 1)
+        self.to_shape = nn.Conv2d(width, 1, 3, 1, 1)
+        self.to_tint = nn.Sequential(nn.Linear(latent_dim, 4 * width), nn.LeakyReLU(0.2), nn.Linear(4 * width, tints))
+        self.palette = nn.Parameter(torch.zeros(tints, 3))  # the tints' RGB in [0, 1], as logits of a sigmoid
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.decode_raw(self.whitening.unwhiten(z))
+
+    def tint_logits(self, codes: torch.Tensor) -> torch.Tensor:
+        """Raw codes [B, D] -> logits [B, tints] of the tint each code picks."""
+        return self.to_tint(codes)
 
     def decode_raw(self, codes: torch.Tensor) -> torch.Tensor:
         h = F.leaky_relu(self.from_code(codes), 0.2).view(-1, 4 * self.width, 4, 4)
         for deconv in self.deconvs:
             h = F.leaky_relu(deconv(h), 0.2)
-        return torch.sigmoid(self.to_rgb(h))
+        tint = self.tint_logits(codes).softmax(1) @ torch.sigmoid(self.palette)
+        return torch.sigmoid(self.to_shape(h)) * tint[:, :, None, None]
 
 
 class Head(nn.Module):

@@ -1,7 +1,10 @@
 """Training of the fashion-colors networks in six resumable stages, on CPU.
 
 1. autoencoder: encoder E and generator G on pixels, with an auxiliary linear class loss on the
-   code and Gaussian noise on the code before G (so G decodes a neighbourhood of each code).
+   code and Gaussian noise on the code before G (so G decodes a neighbourhood of each code). G draws
+   a shape times one tint picked from learned colours; the tint it picks for a (noisy) code learns
+   the image's palette colour (cross-entropy), so each colour of the data has a tint of its own, and
+   an L1 loss on each pixel's largest channel keeps the shape alive while the tints are learnt.
 2. whitening: whiten E's codes (mean/Cholesky baked into E and G as buffers).
 3. flow: a Real NVP flow f from u ~ N(0, I) to the whitened codes, by maximum likelihood; the
    bundle's latent is u (generator G(f(u)), encoder f^-1(E(x))), so its prior is exactly N(0, I).
@@ -9,9 +12,11 @@
    tried, off by default: `hue_mix` re-tints a fraction of them with a blend of two palette colours,
    labelled with the blend's weights; `invariant_class` makes its class head read brightness only).
 5. generator: G fine-tuned DeePSiM-style (pixel + feature loss in E's space + adversarial) on
-   codes, plus, on flow samples f(u), adversarial, cycle (E(G(f(u))) = f(u)) and colour-purity
-   (the teacher's colour entropy of G(f(u))) losses; options tried, off by default: more adversarial
-   weight on G(f(u)) alone, and matching the teacher's feature statistics of G(f(u)) to the data's.
+   codes, plus, on flow samples f(u), adversarial, cycle (E(G(f(u))) = f(u)) and tint-entropy (G's
+   own tint softmax of f(u): one colour per draw, so the flow's mass between colour clusters decodes
+   to one palette colour, not an in-between hue) losses; options tried, off by default: colour purity
+   (the teacher's colour entropy of G(f(u))), more adversarial weight on G(f(u)) alone, and matching
+   the teacher's feature statistics of G(f(u)) to the data's.
 6. head: the MLP head and the LRCN captioner, distilled from the teacher on a pool of codes
    u = sqrt(1 - a^2) f^-1(E(x)) + a eps (eps ~ N(0, I), a ~ U(0, 1) per code), each labelled by the
    teacher's class and colour probabilities for the decoded image G(f(u)). The pool spans the path
@@ -23,7 +28,7 @@
    log-probabilities): a chain driven by one network finds codes where that network is sure and the
    teacher is not, and such errors of networks trained apart rarely coincide. The pool is cached on
    disk beside the checkpoint, keyed by the networks that label it, so that extending the head stage
-   reuses it.
+   reuses it. `colour_label_noise` (off by default) labels each code's colour at a nearby code instead.
 
 Everything lives in one checkpoint file, rewritten (temp name, then rename) after every epoch;
 the checkpoint stores a hash of the configuration and a resumed run refuses a different one.
@@ -67,7 +72,7 @@ from export_tools.recipes.fashion_data import (
 )
 
 STAGES = ("autoencoder", "whitening", "flow", "teacher", "generator", "head")
-RECIPE_VERSION = 4  # the networks, their starts and the stages a checkpoint holds; another version's is refused
+RECIPE_VERSION = 5  # the networks, their starts and the stages a checkpoint holds; another version's is refused
 
 
 @dataclass
@@ -89,12 +94,17 @@ class TrainConfig:
     flow_lr: float = 1e-3  # Adam learning rate of the flow (cosine-decayed over its epochs)
     flow_code_noise: float = 0.05  # std of the noise added to whitened codes when fitting the flow (smooths it)
     pool_copies: int = 3  # stage 6: codes in the distillation pool per training image (each with its own a, eps)
+    # stage 6: the colour label of pool code u is the teacher's colour of G(f(u + this * eps)), eps ~ N(0, I): a
+    # smoothed p(colour | u) whose gradient reaches across the sharp borders between the generator's tints
+    colour_label_noise: float = 0.2
     caption_feature_weight: float = 1.0  # stage 6: weight of the probe's loss on the captioner's features
     ensemble: int = 4  # stage 6: heads and captioners trained apart; the bundle's graphs use their mean log-probability
     class_weight: float = 0.05  # weight of the auxiliary class loss on the code in stage 1
+    tint_weight: float = 0.05  # stage 1: weight of the cross-entropy of G's tint (of the noisy code) to the colour
     feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
     cycle_weight: float = 0.05  # stage 5: weight of |E(G(z)) - z|^2 on flow samples
+    tint_entropy_weight: float = 0.1  # stage 5: weight of the entropy of G's tint softmax on flow samples
     sample_adversarial_weight: float = 0.0  # stage 5: extra weight of the adversarial loss on flow samples G(f(u))
     # stage 5: weight of matching the mean and covariance of the teacher's features of G(f(u)) to the real images'
     feature_match_weight: float = 0.0
@@ -165,7 +175,7 @@ class Networks:
         members = range(config.ensemble)
         return cls(
             encoder=seeded("encoder", lambda: Encoder(config.latent_dim, config.width)),
-            generator=seeded("generator", lambda: Generator(config.latent_dim, config.width)),
+            generator=seeded("generator", lambda: Generator(config.latent_dim, config.width, len(COLOUR_NAMES))),
             head=HeadEnsemble([seeded(f"head{i}", head) for i in members]),
             captioner=CaptionerEnsemble([seeded(f"captioner{i}", captioner) for i in members]),
             discriminator=seeded("discriminator", lambda: Discriminator(config.width)),
@@ -319,20 +329,28 @@ class Trainer:
         params = [*nets.encoder.parameters(), *nets.generator.parameters(), *nets.aux_classifier.parameters()]
         opt = self.optimizer("autoencoder", params, cfg.lr)
         nets.encoder.train()
-        sums = {"pixel": 0.0, "class": 0.0}
+        sums = {"pixel": 0.0, "brightness": 0.0, "class": 0.0, "tint": 0.0}
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
             x = self.pixels(index)
             code = nets.encoder.raw_code(x)
-            recon = nets.generator.decode_raw(code + cfg.code_noise * torch.randn_like(code))
+            noisy = code + cfg.code_noise * torch.randn_like(code)
+            recon = nets.generator.decode_raw(noisy)
+            # and on the brightness (each pixel's largest channel, whatever the tint), so that a tint not yet
+            # learnt cannot push the shape to black: before it is learnt, two of three channels of a
+            # saturated colour say "too bright" on the item itself, and the shape's sigmoid can die at 0
             pixel = F.l1_loss(recon, x)
+            brightness = F.l1_loss(recon.amax(1), x.amax(1))
             klass = F.cross_entropy(nets.aux_classifier(code), self.labels[index])
-            loss = pixel + cfg.class_weight * klass
+            tint = F.cross_entropy(nets.generator.tint_logits(noisy), self.colours[index])
+            loss = pixel + brightness + cfg.class_weight * klass + cfg.tint_weight * tint
             opt.zero_grad()
             loss.backward()
             opt.step()
             sums["pixel"] += pixel.item()
+            sums["brightness"] += brightness.item()
             sums["class"] += klass.item()
+            sums["tint"] += tint.item()
             self.report("autoencoder", step, len(batches), started, sums)
         return {k: v / len(batches) for k, v in sums.items()}
 
@@ -428,7 +446,16 @@ class Trainer:
             frozen.requires_grad_(False)
         opt_g = self.optimizer("generator", generator.parameters(), cfg.lr / 2)
         opt_d = self.optimizer("discriminator", disc.parameters(), cfg.lr / 2)
-        sums = {"pixel": 0.0, "feature": 0.0, "cycle": 0.0, "purity": 0.0, "match": 0.0, "adv_g": 0.0, "adv_d": 0.0}
+        sums = {
+            "pixel": 0.0,
+            "feature": 0.0,
+            "cycle": 0.0,
+            "tint": 0.0,
+            "purity": 0.0,
+            "match": 0.0,
+            "adv_g": 0.0,
+            "adv_d": 0.0,
+        }
         real_features = FeatureStatistics(self.over_training_set(teacher.net))
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
@@ -449,6 +476,8 @@ class Trainer:
             pixel = F.l1_loss(recon, x)
             feature = sum(F.mse_loss(a, b) for a, b in zip(encoder.features(recon), target_features))
             cycle = F.mse_loss(encoder(sampled), z_prior)
+            tint_logp = generator.tint_logits(generator.whitening.unwhiten(z_prior)).log_softmax(1)
+            tint = -(tint_logp.exp() * tint_logp).sum(1).mean()  # entropy: 0 where each draw has one tint
             realness = disc(torch.cat([recon, sampled]))
             adv_g = F.softplus(-realness).mean()
             adv_sampled = F.softplus(-realness[len(index) :]).mean()
@@ -462,6 +491,7 @@ class Trainer:
                 pixel
                 + cfg.feature_weight * feature
                 + cfg.cycle_weight * cycle
+                + cfg.tint_entropy_weight * tint
                 + cfg.purity_weight * purity
                 + cfg.adversarial_weight * adv_g
                 + cfg.sample_adversarial_weight * adv_sampled
@@ -474,6 +504,7 @@ class Trainer:
                 ("pixel", pixel),
                 ("feature", feature),
                 ("cycle", cycle),
+                ("tint", tint),
                 ("purity", purity),
                 ("match", match),
                 ("adv_g", adv_g),
@@ -497,7 +528,8 @@ class Trainer:
             for key, tensor in sorted(self.nets.modules()[name].state_dict().items()):
                 digest.update(key.encode())
                 digest.update(tensor.detach().contiguous().numpy().tobytes())
-        digest.update(json.dumps([self.config.pool_copies, self.config.seed, len(self.labels)]).encode())
+        cfg = self.config
+        digest.update(json.dumps([cfg.pool_copies, cfg.colour_label_noise, cfg.seed, len(self.labels)]).encode())
         return digest.hexdigest()[:16]
 
     def cached_pool(self, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -517,7 +549,7 @@ class Trainer:
     def distillation_pool(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The head's training set, built once from its own seed and cached in `pool_path` under `pool_key`
         (a cache of other networks is rebuilt): u float32 [P, D], teacher class probabilities [P, 10] and
-        colour probabilities [P, 8] of G(f(u))."""
+        colour probabilities [P, 8] of G(f(u)) (of G(f(u + colour_label_noise * eps)) where that is set)."""
         if self.pool is not None:
             return self.pool
         key = self.pool_key()
@@ -530,9 +562,14 @@ class Trainer:
             generator = torch.Generator().manual_seed(cfg.seed * 1000 + 999)
             a = torch.rand(len(data), 1, generator=generator)
             u = (1 - a**2).sqrt() * data + a * torch.randn(data.shape, generator=generator)
+            shifted = (
+                u + cfg.colour_label_noise * torch.randn(u.shape, generator=generator) if cfg.colour_label_noise else u
+            )
             classes, colours = [], []
             for i in range(0, len(u), 1000):
                 class_logits, colour_logits = nets.teacher(nets.generator(nets.flow(u[i : i + 1000])))
+                if shifted is not u:
+                    _, colour_logits = nets.teacher(nets.generator(nets.flow(shifted[i : i + 1000])))
                 classes.append(class_logits.softmax(1))
                 colours.append(colour_logits.softmax(1))
             self.pool = (u, torch.cat(classes), torch.cat(colours))

@@ -9,6 +9,7 @@ from export_tools.recipes.fashion_train import (
     RECIPE_VERSION,
     FeatureStatistics,
     Networks,
+    Progress,
     TrainConfig,
     Trainer,
     blend_hues,
@@ -119,6 +120,33 @@ def test_distillation_pool_is_cached_for_the_same_networks_and_rebuilt_for_other
     assert "decoded and labelled" in lines[0] and torch.equal(u2, u) and not torch.equal(class_probs2, class_probs)
 
 
+def test_colour_label_noise_labels_the_colour_of_a_nearby_code_and_keeps_codes_and_classes(
+    tiny_run, tiny_dataset, tmp_path
+):
+    plain = Trainer(TrainConfig(**TINY), tiny_run, tiny_dataset, log=lambda line: None)
+    plain.run()  # finished: loads the data, trains nothing
+    u, class_probs, colour_probs = plain.distillation_pool()
+
+    smoothed = Trainer(
+        TrainConfig(**{**TINY, "colour_label_noise": 0.5}), tmp_path, tiny_dataset, log=lambda line: None
+    )
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
+    smoothed.nets.load(state)
+    smoothed.progress = Progress(**state["progress"])
+    smoothed.run()  # every stage counted as done: nothing trained
+    u2, class_probs2, colour_probs2 = smoothed.distillation_pool()
+    assert smoothed.pool_key() != plain.pool_key()  # another pool, not the cached one
+    assert torch.equal(u2, u) and torch.allclose(class_probs2, class_probs)
+    assert not torch.equal(colour_probs2, colour_probs)
+    # the colour labels are the teacher's colours of codes moved by 0.5 eps (the pool's third draw), not of u
+    draws = torch.Generator().manual_seed(TrainConfig().seed * 1000 + 999)
+    torch.rand(len(u), 1, generator=draws), torch.randn(u.shape, generator=draws)  # the pool's a and its eps
+    nearby = u[:64] + 0.5 * torch.randn(u.shape, generator=draws)[:64]
+    with torch.no_grad():
+        _, colour_logits = smoothed.nets.teacher(smoothed.nets.generator(smoothed.nets.flow(nearby)))
+    assert torch.allclose(colour_probs2[:64], colour_logits.softmax(1), atol=1e-5)
+
+
 def test_blended_hues_are_labelled_with_the_weights_of_their_two_palette_colours(tiny_dataset):
     split = load_split("train", tiny_dataset, limit=512)
     pixels = torch.from_numpy(split.images).permute(0, 3, 1, 2).float() / 255.0
@@ -136,6 +164,43 @@ def test_blended_hues_are_labelled_with_the_weights_of_their_two_palette_colours
     # no blending: the batch and one-hot labels as they were
     same, one_hot = blend_hues(pixels, gray, colours, fraction=0.0)
     assert torch.equal(same, pixels) and torch.equal(one_hot.argmax(1), colours) and (one_hot.max(1).values == 1).all()
+
+
+def test_the_generator_draws_each_image_as_one_shape_times_one_tint():
+    from export_tools.nets.fashion import Generator
+
+    torch.manual_seed(0)
+    generator = Generator(latent_dim=8, width=4, tints=3).eval()
+    with torch.no_grad():
+        generator.palette.copy_(torch.randn(3, 3))
+        codes = torch.randn(5, 8)
+        images = generator.decode_raw(codes)
+        # every pixel's RGB is the same colour scaled: the image is rank one as channels x pixels
+        singular = torch.linalg.svdvals(images.flatten(2))
+        assert (singular[:, 1] < 1e-5 * singular[:, 0]).all()
+        colour = generator.tint_logits(codes).softmax(1) @ torch.sigmoid(generator.palette)
+        direction = images.flatten(2).sum(2)
+        assert torch.allclose(
+            direction / direction.norm(dim=1, keepdim=True), colour / colour.norm(dim=1, keepdim=True)
+        )
+        # a code whose tint softmax is sure draws in that learned colour alone
+        generator.to_tint[-1].bias.copy_(torch.tensor([0.0, 60.0, 0.0]))
+        sure = generator.decode_raw(codes).flatten(2).sum(2)
+        palette = torch.sigmoid(generator.palette[1])
+        assert torch.allclose(sure / sure.norm(dim=1, keepdim=True), (palette / palette.norm()).expand(5, 3), atol=1e-5)
+
+
+def test_the_autoencoders_tint_learns_each_training_images_colour(tiny_dataset, tmp_path):
+    stage_one = {**TINY, "autoencoder_epochs": 6, "tint_weight": 1.0}
+    stage_one.update({f"{stage}_epochs": 0 for stage in ("flow", "teacher", "generator", "head")})
+    torch.manual_seed(0)
+    Trainer(TrainConfig(**stage_one), tmp_path, tiny_dataset, log=lambda line: None).run()
+    _, nets, _ = trained_networks(tmp_path)
+    train = load_split("train", tiny_dataset)
+    with torch.no_grad():
+        codes = nets.encoder.raw_code(torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255)
+        picked = nets.generator.tint_logits(codes).argmax(1).numpy()
+    assert (picked == train.colours).mean() > 0.5  # chance is 1/8
 
 
 def test_feature_statistics_measure_the_gap_of_a_batchs_mean_and_covariance_to_the_reference():
