@@ -62,7 +62,7 @@ def test_the_diverse_preset_spreads_class_samples_wider_and_keeps_their_class(pi
         defaults, diverse = defaults + _pixel_spread(runs[0].pixels), diverse + _pixel_spread(runs[1].pixels)
         judged = pipe.runner("classifier").run(z=runs[1].z)["logits"].argmax(1)
         assert (judged == CLASS_NAMES.index(name)).mean() >= 0.75
-    assert diverse > 1.03 * defaults  # measured 1.08 on three classes (seed 5)
+    assert diverse > 1.03 * defaults  # measured 1.05 on three classes (seed 5)
 
 
 def test_the_steps_do_the_work_start_is_chance_and_chains_cross_between_classes(pipe):
