@@ -166,6 +166,11 @@ class Networks:
                 raise RecipeError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(config, name)}")
         if not 0 <= config.hue_mix <= 1:
             raise RecipeError(f"--hue-mix is a fraction of the teacher's images, from 0 to 1, not {config.hue_mix}")
+        if not 0 <= config.colour_label_noise < math.inf:
+            raise RecipeError(
+                f"--colour-label-noise is the std of a move of the code, a finite number >= 0, "
+                f"not {config.colour_label_noise}"
+            )
 
         def seeded(name: str, make):
             """make() with torch's generator seeded from (seed, name): no network's size changes another's start."""

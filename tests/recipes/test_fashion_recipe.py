@@ -262,6 +262,12 @@ def test_a_hue_mix_outside_zero_to_one_is_refused_in_one_line(fraction):
         Networks.build(TrainConfig(**{**TINY, "hue_mix": fraction}), vocab_size=32)
 
 
+@pytest.mark.parametrize("noise", [-0.1, float("inf"), float("nan")])
+def test_a_colour_label_noise_that_is_not_a_finite_std_is_refused_in_one_line(noise):
+    with pytest.raises(ExportError, match="--colour-label-noise is the std of a move of the code, a finite number"):
+        Networks.build(TrainConfig(**{**TINY, "colour_label_noise": noise}), vocab_size=32)
+
+
 def test_checkpoint_of_another_recipe_version_is_refused(tiny_run, tmp_path):
     state = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
     state["recipe_version"] = 1
