@@ -3,9 +3,7 @@
 1. autoencoder: encoder E and generator G on pixels, with an auxiliary linear class loss on the
    code and Gaussian noise on the code before G (so G decodes a neighbourhood of each code). G draws
    a shape times one tint picked from learned colours; the tint it picks for a (noisy) code learns
-   the image's palette colour (cross-entropy), so each colour of the data has a tint of its own (an
-   option, off by default: an L1 loss on each pixel's largest channel keeps the shape alive while the
-   tints are learnt, which a 32-d code needed).
+   the image's palette colour (cross-entropy), so each colour of the data has a tint of its own.
 2. whitening: whiten E's codes (mean/Cholesky baked into E and G as buffers).
 3. flow: a Real NVP flow f from u ~ N(0, I) to the whitened codes, by maximum likelihood; the
    bundle's latent is u (generator G(f(u)), encoder f^-1(E(x))), so its prior is exactly N(0, I).
@@ -102,8 +100,6 @@ class TrainConfig:
     ensemble: int = 4  # stage 6: heads and captioners trained apart; the bundle's graphs use their mean log-probability
     class_weight: float = 0.05  # weight of the auxiliary class loss on the code in stage 1
     tint_weight: float = 0.05  # stage 1: weight of the cross-entropy of G's tint (of the noisy code) to the colour
-    # stage 1: weight of an L1 loss on each pixel's largest channel; 1 kept the 32-d code's shape alive (see docs)
-    brightness_weight: float = 0.0
     feature_weight: float = 1.0  # stage 5: weight of the feature loss in E's space
     adversarial_weight: float = 0.01  # stage 5: weight of the generator's adversarial loss
     cycle_weight: float = 0.05  # stage 5: weight of |E(G(z)) - z|^2 on flow samples
@@ -337,29 +333,32 @@ class Trainer:
         params = [*nets.encoder.parameters(), *nets.generator.parameters(), *nets.aux_classifier.parameters()]
         opt = self.optimizer("autoencoder", params, cfg.lr)
         nets.encoder.train()
-        sums = {"pixel": 0.0, "brightness": 0.0, "class": 0.0, "tint": 0.0}
+        sums = {"pixel": 0.0, "class": 0.0, "tint": 0.0}
         batches, started = self.batches(), time.time()
         for step, index in enumerate(batches):
             x = self.pixels(index)
             code = nets.encoder.raw_code(x)
             noisy = code + cfg.code_noise * torch.randn_like(code)
             recon = nets.generator.decode_raw(noisy)
-            # and (brightness_weight) on the brightness, each pixel's largest channel whatever the tint, so that
-            # a tint not yet learnt cannot push the shape to black: while the tints are grey, two of three
-            # channels of a saturated colour say "too bright" on the item itself, and the shape's sigmoid can die
             pixel = F.l1_loss(recon, x)
-            brightness = F.l1_loss(recon.amax(1), x.amax(1))
             klass = F.cross_entropy(nets.aux_classifier(code), self.labels[index])
             tint = F.cross_entropy(nets.generator.tint_logits(noisy), self.colours[index])
-            loss = pixel + cfg.brightness_weight * brightness + cfg.class_weight * klass + cfg.tint_weight * tint
+            loss = pixel + cfg.class_weight * klass + cfg.tint_weight * tint
             opt.zero_grad()
             loss.backward()
             opt.step()
             sums["pixel"] += pixel.item()
-            sums["brightness"] += brightness.item()
             sums["class"] += klass.item()
             sums["tint"] += tint.item()
             self.report("autoencoder", step, len(batches), started, sums)
+        if recon.detach().amax() < 0.05 * x.amax():
+            # G's shape is a sigmoid times the tint: while the tints are grey, two of three channels of a
+            # saturated colour say "too bright" on the item itself, and in some runs (a 32-d code) the
+            # shape's sigmoid dies at 0 for good; black pictures are a failed run, not a result
+            raise RecipeError(
+                f"the generator draws black after autoencoder epoch {epoch + 1} (its shape died while the tints "
+                "were learnt); train again with another --seed into a new --out directory"
+            )
         return {k: v / len(batches) for k, v in sums.items()}
 
     # -- stage 2 --------------------------------------------------------------------------

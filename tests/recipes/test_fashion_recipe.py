@@ -23,7 +23,7 @@ TINY = dict(
     head_hidden=16,
     caption_features=16,
     batch_size=64,
-    autoencoder_epochs=1,
+    autoencoder_epochs=3,  # the tinted generator needs three passes over this tiny set to draw its shapes
     flow_epochs=2,
     flow_couplings=4,
     flow_hidden=16,
@@ -203,6 +203,17 @@ def test_the_autoencoders_tint_learns_each_training_images_colour(tiny_dataset, 
     assert (picked == train.colours).mean() > 0.5  # chance is 1/8
 
 
+def test_a_generator_that_draws_black_stops_the_run_without_a_checkpoint(tiny_dataset, tmp_path):
+    stage_one = {**TINY, "autoencoder_epochs": 1}
+    stage_one.update({f"{stage}_epochs": 0 for stage in ("flow", "teacher", "generator", "head")})
+    trainer = Trainer(TrainConfig(**stage_one), tmp_path, tiny_dataset, log=lambda line: None)
+    with torch.no_grad():
+        trainer.nets.generator.to_shape.bias.fill_(-100.0)  # a shape whose sigmoid has died at 0
+    with pytest.raises(ExportError, match="the generator draws black after autoencoder epoch 1"):
+        trainer.run()
+    assert not trainer.checkpoint_path.exists()
+
+
 def test_feature_statistics_measure_the_gap_of_a_batchs_mean_and_covariance_to_the_reference():
     generator = torch.Generator().manual_seed(0)
     reference = torch.randn(20000, 3, generator=generator) * torch.tensor([1.0, 2.0, 3.0]) + torch.tensor([5.0, 6, 7])
@@ -287,7 +298,7 @@ def test_resume_extends_a_run_without_repeating_finished_epochs(tiny_run, tiny_d
     extended = Trainer(TrainConfig(**{**TINY, "head_epochs": 4}), tiny_run, tiny_dataset, log=lines.append)
     progress = extended.run()
     assert progress.epochs_done == {
-        "autoencoder": 1,
+        "autoencoder": 3,
         "whitening": 1,
         "flow": 2,
         "generator": 1,
