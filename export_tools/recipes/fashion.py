@@ -224,8 +224,13 @@ def readme_pictures(bundle: Path, out: Path, columns: int, seed: int, scale: int
         ("classes", [{"classes": c} for c in CLASS_NAMES]),
         ("captions", [{"caption": c} for c in README_CAPTIONS]),
     ):
+        # each row from starts of its own (as `evaluate` gives each request): with shared starts, column i of
+        # every row would start from the same code, and the colour a start picks would repeat down the column
         pixels = np.concatenate(
-            [pipe.generate(n=columns, seed=seed, batch_size=columns, **request).pixels for request in requests]
+            [
+                pipe.generate(n=columns, seed=seed, batch_size=columns, start_index=row * columns, **request).pixels
+                for row, request in enumerate(requests)
+            ]
         )
         grid = make_grid(pixels, columns=columns)
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
