@@ -14,13 +14,19 @@ import json
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 from PIL import Image
 
 from export_tools import write_atomically
 from export_tools.cli import run_command
-from export_tools.recipes.evaluator import EvaluationPlan, EvaluatorConfig, Judge, evaluate_bundle, train_evaluator
+from export_tools.recipes.evaluator import (
+    EvaluationPlan,
+    EvaluatorConfig,
+    Judge,
+    evaluate_bundle,
+    make_samples,
+    train_evaluator,
+)
 from export_tools.recipes.fashion_bundle import write_fashion_bundle
 from export_tools.recipes.fashion_data import CLASS_NAMES, DATA_DIR
 from export_tools.recipes.fashion_train import TrainConfig, Trainer
@@ -224,14 +230,9 @@ def readme_pictures(bundle: Path, out: Path, columns: int, seed: int, scale: int
         ("classes", [{"classes": c} for c in CLASS_NAMES]),
         ("captions", [{"caption": c} for c in README_CAPTIONS]),
     ):
-        # each row from starts of its own (as `evaluate` gives each request): with shared starts, column i of
-        # every row would start from the same code, and the colour a start picks would repeat down the column
-        pixels = np.concatenate(
-            [
-                pipe.generate(n=columns, seed=seed, batch_size=columns, start_index=row * columns, **request).pixels
-                for row, request in enumerate(requests)
-            ]
-        )
+        # each row from starts of its own, as `evaluate` makes them: with shared starts, column i of every row
+        # would start from the same code, and the colour a start picks would repeat down the column
+        pixels = make_samples(pipe, requests, columns, "latent", seed, columns, {})
         grid = make_grid(pixels, columns=columns)
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
         rows = "; ".join(next(iter(request.values())) for request in requests)

@@ -27,7 +27,7 @@
    log-probabilities): a chain driven by one network finds codes where that network is sure and the
    teacher is not, and such errors of networks trained apart rarely coincide. The pool is cached on
    disk beside the checkpoint, keyed by the networks that label it, so that extending the head stage
-   reuses it. `colour_label_noise` (off by default) labels each code's colour at a nearby code instead.
+   reuses it. Each code's colour label is read at a nearby code (`colour_label_noise`): a smoothed colour.
 
 Everything lives in one checkpoint file, rewritten (temp name, then rename) after every epoch;
 the checkpoint stores a hash of the configuration and a resumed run refuses a different one.
@@ -569,13 +569,12 @@ class Trainer:
             generator = torch.Generator().manual_seed(cfg.seed * 1000 + 999)
             a = torch.rand(len(data), 1, generator=generator)
             u = (1 - a**2).sqrt() * data + a * torch.randn(data.shape, generator=generator)
-            shifted = (
-                u + cfg.colour_label_noise * torch.randn(u.shape, generator=generator) if cfg.colour_label_noise else u
-            )
+            if cfg.colour_label_noise:
+                shifted = u + cfg.colour_label_noise * torch.randn(u.shape, generator=generator)
             classes, colours = [], []
             for i in range(0, len(u), 1000):
                 class_logits, colour_logits = nets.teacher(nets.generator(nets.flow(u[i : i + 1000])))
-                if shifted is not u:
+                if cfg.colour_label_noise:
                     _, colour_logits = nets.teacher(nets.generator(nets.flow(shifted[i : i + 1000])))
                 classes.append(class_logits.softmax(1))
                 colours.append(colour_logits.softmax(1))
