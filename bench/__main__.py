@@ -109,7 +109,7 @@ def time_bundle(pipe, batches, latent_steps: int, composite_steps: int, say, cac
         "bundle": pipe.bundle.name,
         "provider": pipe.runner("class_grad").provider,
         "latent_dim": pipe.bundle.latent_dim,
-        "default_steps": pipe.sampler_config().steps,
+        "default_steps": pipe.sampler_config(condition="class").steps,
         "class": classes,
         "timings": timings,
         "ratios": ratios,
@@ -155,7 +155,7 @@ def eager_section(pipe, width: int, batches, latent_steps: int, composite_steps:
         "latent": ClassLogp(nets.head),
         "composite": ClassLogp(ClassifierOnGenerator(nets.generator, nets.classifier)),
     }
-    config = pipe.sampler_config()
+    config = pipe.sampler_config(condition="class")
     classes = _first_class(pipe)
     rows = []
     for count in sorted({threads, 1}, reverse=True):
@@ -196,7 +196,7 @@ def step_problem(pipe, batch: int):
     from bench.variants import StepProblem
 
     model = onnx.load_from_string(pipe.bundle.graph_bytes("class_grad"))
-    config = dataclasses.replace(pipe.sampler_config(), eps1_final=None)
+    config = dataclasses.replace(pipe.sampler_config(condition="class"), eps1_final=None)
     prior_std = getattr(pipe.bundle.prior, "std", 1.0)
     classes = _first_class(pipe)
     return StepProblem(model, config, prior_std, start_codes(pipe, batch), batch_weights(pipe, classes, batch))
@@ -460,7 +460,8 @@ def run(
         if default_pipe is not None:
             say("cold start ...")
             runs = [
-                cold_start(default_bundle, "0", default_pipe.bundle.sampler["steps"], threads, REPO) for _ in range(3)
+                cold_start(default_bundle, "0", default_pipe.sampler_config(condition="class").steps, threads, REPO)
+                for _ in range(3)
             ]
             best = min(runs, key=lambda run: run.first_image_s)
             say(f"  first image after {best.first_image_s:.2f} s, peak RSS {best.peak_rss_mb:.0f} MiB")

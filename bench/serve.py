@@ -192,7 +192,7 @@ def serve_section(bundle: str | Path, say, seconds: float = 2.0, concurrencies=C
     return {
         "bundle": pipe.bundle.name,
         "class": classes,
-        "steps": pipe.sampler_config().steps,
+        "steps": pipe.sampler_config(condition="class").steps,
         "seconds_per_point": seconds,
         "server_rss_mb": rss_mb,
         "rows": rows,

@@ -75,7 +75,7 @@ def time_path(pipe: Pipeline, classes: str, path: str, batch: int, steps: int, r
     graph = best_seconds(lambda: runner.run(z=z, weights=weights), repeats)
     decode = best_seconds(lambda: pipe.decode(z), max(1, repeats // 2))
     step = min(statistics.median(step_seconds(pipe, classes, path, batch, steps)) for _ in range(repeats))
-    default_steps = pipe.sampler_config().steps
+    default_steps = pipe.sampler_config(condition="class").steps
     generate = None
     if path == "latent":
         generate = best_seconds(lambda: pipe.generate(classes=classes, path=path, n=batch, batch_size=batch, seed=0), 1)

@@ -37,7 +37,7 @@ from export_tools.priors import GaussianMixturePrior, GaussianPrior, Prior
 from export_tools.quantize import quantize_int8
 from export_tools.specs import GraphDims
 from latent_onnx.bundle import SAMPLER_KEYS, load_bundle, sampler_settings_problem
-from latent_onnx.contracts import FORMAT, FORMAT_VERSION, NAME_PATTERN, NAME_RULE, ROLES
+from latent_onnx.contracts import CONDITIONS, FORMAT, FORMAT_VERSION, NAME_PATTERN, NAME_RULE, ROLES
 from latent_onnx.errors import LatentOnnxError
 from latent_onnx.sampler import SamplerConfig
 from latent_onnx.sessions import probe_bundle
@@ -72,6 +72,8 @@ class BundleSpec:
     encoder: nn.Module | None = None  # x [B, 3, H, W] in generator_convention -> z [B, D]: encoder graph
     image_classifier: nn.Module | None = None  # x [B, 3, h, w] generator output -> logits [B, K]: composite_class_grad
     sampler: dict = field(default_factory=dict)  # overrides of DEFAULT_SAMPLER
+    # "class" / "caption" -> partial sampler overrides for requests of that kind of condition
+    sampler_by_condition: dict[str, dict] = field(default_factory=dict)
     presets: dict[str, dict] = field(default_factory=dict)  # preset name -> partial sampler overrides, may set "clip"
     provenance: dict = field(
         default_factory=dict
@@ -245,6 +247,8 @@ def _write_files_and_manifest(
         for role, report in reports.items()
     }
     manifest["sampler"] = {**DEFAULT_SAMPLER, **spec.sampler}
+    if spec.sampler_by_condition:
+        manifest["sampler_by_condition"] = {kind: dict(values) for kind, values in spec.sampler_by_condition.items()}
     manifest["presets"] = {
         name: {**values, "clip": _clip_entry(values["clip"])} if "clip" in values else dict(values)
         for name, values in spec.presets.items()
@@ -349,6 +353,13 @@ def _check_spec(spec: BundleSpec) -> None:
         if not isinstance(spec.max_tokens, int) or spec.max_tokens < 2:
             raise ExportError(f"max_tokens must be an int >= 2 (words + final <eos>), got {spec.max_tokens!r}")
     _check_sampler_values(spec.sampler, "sampler")
+    for kind, values in spec.sampler_by_condition.items():
+        if kind not in CONDITIONS or not isinstance(values, dict):
+            raise ExportError(
+                f"sampler_by_condition must map a condition ({', '.join(CONDITIONS)}) to a dict of sampler"
+                f" overrides, not {kind!r}: {values!r}"
+            )
+        _check_sampler_values(values, f"sampler_by_condition {kind!r}")
     for preset, values in spec.presets.items():
         if not isinstance(preset, str) or not preset or not isinstance(values, dict):
             raise ExportError(f"preset {preset!r} must map a name to a dict of sampler overrides")
@@ -356,7 +367,16 @@ def _check_spec(spec: BundleSpec) -> None:
         _check_clip(values.get("clip"), f"preset {preset!r}: clip")
     try:
         json.dumps(
-            [spec.name, spec.description, spec.license, spec.sampler, spec.presets, spec.provenance], allow_nan=False
+            [
+                spec.name,
+                spec.description,
+                spec.license,
+                spec.sampler,
+                spec.sampler_by_condition,
+                spec.presets,
+                spec.provenance,
+            ],
+            allow_nan=False,
         )
     except (TypeError, ValueError) as exc:
         raise ExportError(

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .contracts import FORMAT, FORMAT_VERSION, FORMAT_VERSIONS, NAME_PATTERN, NAME_RULE, ROLES
+from .contracts import CONDITIONS, FORMAT, FORMAT_VERSION, FORMAT_VERSIONS, NAME_PATTERN, NAME_RULE, ROLES
 from .errors import BundleError, InputError
 from .onnx_scan import MalformedModel, uses_external_data
 from .priors import GaussianMixturePrior, GaussianPrior, check_mixture_arrays
@@ -42,6 +42,7 @@ _TOP_KEYS = {
     "caption",
     "graphs",
     "sampler",
+    "sampler_by_condition",
     "presets",
     "provenance",
 }
@@ -74,6 +75,7 @@ class Bundle:
     max_tokens: int | None  # T of caption_grad
     graphs: dict[str, FileRef]  # role -> file
     sampler: dict  # the bundle's default sampler settings (SAMPLER_KEYS)
+    sampler_by_condition: dict[str, dict]  # "class" / "caption" -> partial overrides of `sampler` for that condition
     presets: dict[str, dict]  # name -> partial sampler overrides (may also set "clip": None or (lo, hi))
     provenance: dict  # free-form
     manifest_sha256: str  # sha256 of manifest.json: identifies the bundle and, through it, every file
@@ -323,6 +325,11 @@ class _ManifestReader:
         init = self.distribution(latent["init"], "latent.init", dim) if latent.get("init") is not None else prior
         clip = self.clip(latent.get("clip"))
         sampler = self.sampler(m.get("sampler"), "sampler", partial=False)
+        by_condition = self.obj(m.get("sampler_by_condition", {}), "sampler_by_condition", set(), set(CONDITIONS))
+        sampler_by_condition = {
+            kind: self.sampler(value, f"sampler_by_condition.{kind}", partial=True)
+            for kind, value in by_condition.items()
+        }
         presets_obj = m.get("presets") or {}
         if not isinstance(presets_obj, dict):
             self.fail("presets", "must be an object")
@@ -345,6 +352,7 @@ class _ManifestReader:
             max_tokens=max_tokens,
             graphs=graphs,
             sampler=sampler,
+            sampler_by_condition=sampler_by_condition,
             presets=presets,
             provenance=provenance,
             manifest_sha256=hashlib.sha256(raw).hexdigest(),

@@ -627,6 +627,7 @@ def info(bundle_argument, bundle, as_json):
         "max_tokens": loaded.max_tokens,
         "graphs": graphs,
         "sampler": loaded.sampler,
+        "sampler_by_condition": loaded.sampler_by_condition,
         "presets": loaded.presets,
         "provenance": loaded.provenance,
         "manifest_sha256": loaded.manifest_sha256,
@@ -651,6 +652,7 @@ def info(bundle_argument, bundle, as_json):
         for role, entry in graphs.items()
     ]
     lines.append(f"sampler defaults: {json.dumps(loaded.sampler)}")
+    lines += [f"  for a {kind}: {json.dumps(values)}" for kind, values in loaded.sampler_by_condition.items()]
     if loaded.presets:
         lines.append(f"presets: {json.dumps(loaded.presets)}")
     if loaded.provenance:

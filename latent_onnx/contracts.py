@@ -11,8 +11,10 @@ import re
 from dataclasses import dataclass
 
 FORMAT = "latent-onnx-bundle"
-FORMAT_VERSION = 2  # written by this version's exporter
-FORMAT_VERSIONS = (1, 2)  # read; version 2 added the sampler keys method and anneal
+FORMAT_VERSION = 3  # written by this version's exporter
+# read; version 2 added the sampler keys method and anneal, version 3 the sampler settings by condition
+FORMAT_VERSIONS = (1, 2, 3)
+CONDITIONS = ("class", "caption")  # the kinds of condition a request names (manifest `sampler_by_condition` keys)
 NAME_RULE = "[a-z0-9][a-z0-9._-]*"  # a bundle's name (manifest `name`)
 NAME_PATTERN = re.compile(NAME_RULE + r"\Z")
 

@@ -166,7 +166,7 @@ def plan_dataset(settings: DatasetSettings) -> Plan:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, not {settings.format!r}")
     pipe = Pipeline.from_bundle(settings.bundle, device="cpu", threads=1)
     bundle = pipe.bundle
-    config = pipe.sampler_config(settings.preset, **settings.sampler)
+    pipe.sampler_config(settings.preset, **settings.sampler)  # bad settings fail here, before the conditions
     classes = settings.classes if settings.classes is not None or settings.captions else "all"
     found: list[tuple[str, int | None, str | None, str]] = []  # (label, class index, caption, seed key)
     problems: list[str] = []
@@ -225,7 +225,10 @@ def plan_dataset(settings: DatasetSettings) -> Plan:
         "shard_size": settings.shard_size,
         "format": settings.format,
         "preset": settings.preset,
-        "sampler": config.to_dict(),
+        "sampler": {  # the settings each kind of condition runs with (the bundle's may differ by kind)
+            kind: pipe.sampler_config(settings.preset, kind, **settings.sampler).to_dict()
+            for kind in dict.fromkeys("class" if c.caption is None else "caption" for c in conditions)
+        },
     }
     return Plan(
         settings=settings,
@@ -521,20 +524,20 @@ def _difference(old: dict, new: dict) -> str:
     """The first setting in which two dataset manifests differ, in words."""
     if old.get("software") != new["software"]:
         return f"made by {old.get('software')}, this is {new['software']}"
-    old_settings, settings = old.get("settings", {}), new["settings"]
-    for key, value in settings.items():
-        if old_settings.get(key) != value:
-            if key == "conditions":
-                return "other classes or captions"
-            if isinstance(value, dict):
-                inner = next(
-                    k
-                    for k in set(value) | set(old_settings.get(key) or {})
-                    if (old_settings.get(key) or {}).get(k) != value.get(k)
-                )
-                return f"{key} {inner} {(old_settings.get(key) or {}).get(inner)!r}, not {value.get(inner)!r}"
-            return f"{key} {old_settings.get(key)!r}, not {value!r}"
-    return "other settings"
+    if old.get("settings", {}).get("conditions") != new["settings"]["conditions"]:
+        return "other classes or captions"
+    return _first_change(old.get("settings", {}), new["settings"], []) or "other settings"
+
+
+def _first_change(old, new, path: list[str]) -> str | None:
+    """'key subkey ... old, not new' for the first leaf (in `new`'s order) where two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*new, *(key for key in old if key not in new)]:
+            found = _first_change(old.get(key), new.get(key), [*path, str(key)])
+            if found:
+                return found
+        return None
+    return None if old == new else f"{' '.join(path)} {old!r}, not {new!r}"
 
 
 # --- the run ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from PIL import Image
 
 from .bundle import Bundle, load_bundle
 from .conditioning import ClassIndex, GradientTarget, caption_tokens
+from .contracts import CONDITIONS
 from .errors import BundleError, InputError, SamplingError
 from .images import to_pixels
 from .priors import GaussianMixturePrior
@@ -66,6 +67,11 @@ class GenerateOptions:
             if value is not None:
                 sampler[key] = value
         return replace(self, sampler=sampler, **values)
+
+    @property
+    def condition(self) -> str:
+        """The kind of condition asked for: "caption" or "class" (the bundle's sampler settings may differ by it)."""
+        return "caption" if self.caption is not None else "class"
 
     def describe(self) -> dict:
         """The options as JSON-ready values (arrays, images and callbacks left out)."""
@@ -152,9 +158,14 @@ class Pipeline:
 
     # --- building blocks -------------------------------------------------------------
 
-    def sampler_config(self, preset: str | None = None, **overrides) -> SamplerConfig:
-        """The bundle's sampler defaults, then the preset, then explicit overrides (None = keep)."""
+    def sampler_config(self, preset: str | None = None, condition: str | None = None, **overrides) -> SamplerConfig:
+        """The bundle's sampler defaults, then its settings for the `condition` ("class" or "caption"; None: the
+        plain defaults), then the preset, then explicit overrides (None = keep)."""
         settings = {**self.bundle.sampler, "clip": self.bundle.clip}
+        if condition is not None:
+            if condition not in CONDITIONS:
+                raise InputError(f"condition must be one of {', '.join(CONDITIONS)}, not {condition!r}")
+            settings.update(self.bundle.sampler_by_condition.get(condition, {}))
         if preset is not None:
             if preset not in self.bundle.presets:
                 known = ", ".join(sorted(self.bundle.presets)) or "none"
@@ -230,7 +241,7 @@ class Pipeline:
         check_int("start index", options.start_index, 0, 2**63 - 1)
         seed = secrets.randbits(32) if options.seed is None else check_int("seed", options.seed, 0, 2**63 - 1)
         options = replace(options, seed=seed)
-        config = self.sampler_config(options.preset, **options.sampler)
+        config = self.sampler_config(options.preset, options.condition, **options.sampler)
         if options.init_image is not None:
             if options.sampler.get("start") not in (None, "image"):
                 raise InputError(f"an init image sets the start; drop start '{options.sampler['start']}'")

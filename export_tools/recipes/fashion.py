@@ -31,6 +31,7 @@ from export_tools.recipes.fashion_bundle import write_fashion_bundle
 from export_tools.recipes.fashion_data import CLASS_NAMES, DATA_DIR
 from export_tools.recipes.fashion_train import TrainConfig, Trainer
 from latent_onnx import Pipeline
+from latent_onnx.contracts import CONDITIONS
 from latent_onnx.images import make_grid, save_png
 
 
@@ -180,8 +181,10 @@ def evaluate(
     )
     sampler = parse_overrides(overrides)
     pipe = Pipeline.from_bundle(str(bundle))
-    config = pipe.sampler_config(**sampler)  # bad overrides fail here, before any sampling
-    click.echo(f"sampler: {config.to_dict()}")
+    # the settings each kind of condition runs with; bad overrides fail here, before any sampling
+    configs = {kind: pipe.sampler_config(condition=kind, **sampler).to_dict() for kind in CONDITIONS}
+    for kind, config in configs.items():
+        click.echo(f"sampler for a {kind}: {config}")
     figures = evaluate_bundle(pipe, Judge.load(evaluator), plan, sampler, data_dir, log=lambda line: click.echo(line))
     if json_path is not None:
         text = (
@@ -189,7 +192,7 @@ def evaluate(
                 {
                     "bundle": str(bundle),
                     "sampler_overrides": sampler,
-                    "sampler": config.to_dict(),
+                    "sampler": configs,
                     "plan": dataclasses.asdict(plan),
                     "rows": figures,
                 },

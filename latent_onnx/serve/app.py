@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from .. import __version__
+from ..contracts import CONDITIONS
 from ..errors import InputError, LatentOnnxError, SamplingError
 from ..pipeline import PATH_ROLES, PATHS, Pipeline
 from .jobs import Busy, Finished, Job, JobPool
@@ -69,6 +70,8 @@ def _bundle_json(pipe: Pipeline, default: bool) -> dict:
         "paths": [path for path in PATHS if bundle.has_graph(PATH_ROLES[path])],
         "presets": sorted(bundle.presets),
         "sampler": pipe.sampler_config().to_dict(),
+        # the settings a request of each kind of condition runs with (a bundle may set some apart by kind)
+        "sampler_by_condition": {kind: pipe.sampler_config(condition=kind).to_dict() for kind in CONDITIONS},
     }
 
 

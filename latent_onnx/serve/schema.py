@@ -113,7 +113,7 @@ def parse_request(
     options = GenerateOptions(**{k: v for k, v in values.items() if k in OPTION_FIELDS}).updated(
         **{k: v for k, v in values.items() if k in SAMPLER_REQUEST_FIELDS}
     )
-    config = pipe.sampler_config(options.preset, **options.sampler)
+    config = pipe.sampler_config(options.preset, options.condition, **options.sampler)
     for name, value in (("n", options.n), ("batch_size", options.batch_size), ("steps", config.steps)):
         limit = getattr(limits, name)
         if isinstance(value, int) and value > limit:

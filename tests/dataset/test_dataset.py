@@ -148,6 +148,31 @@ def test_captions_file_gives_one_label_per_caption(bundle, tmp_path):
     assert json.loads(Image.open(out / rows[2]["file_name"]).text["latent-onnx"])["caption"] == "a red sneaker"
 
 
+def test_each_kind_of_condition_runs_with_the_bundles_settings_for_it_and_the_manifest_says_which(tmp_path):
+    from runtime_bundles import edit_manifest, write_tiny_bundle
+
+    root = tmp_path / "tiny"
+    write_tiny_bundle(root)
+    edit_manifest(root, lambda m: m.update(sampler_by_condition={"caption": {"steps": 7}}))
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red sneaker\n")
+    out = tmp_path / "ds"
+    result = run_cli(
+        str(out), "--bundle", str(root), "--classes", "sandal", "--captions", str(captions), "--per-class", "1"
+    )
+    assert result.exit_code == 0, result.output
+    pipe = Pipeline.from_bundle(root)
+    assert manifest(out)["settings"]["sampler"] == {
+        "class": pipe.sampler_config().to_dict(),
+        "caption": {**pipe.sampler_config().to_dict(), "steps": 7},
+    }
+    steps = {
+        folder: json.loads(Image.open(out / folder / f"{folder}-000000.png").text["latent-onnx"])["sampler"]["steps"]
+        for folder in ("sandal", "a-red-sneaker")
+    }
+    assert steps == {"sandal": pipe.sampler_config().steps, "a-red-sneaker": 7}
+
+
 def test_rerun_verifies_keeps_and_remakes(bundle, tmp_path):
     out, settings = tmp_path / "ds", DatasetSettings(bundle=str(bundle), per_class=6, shard_size=4)
     first = write_dataset(out, settings)
@@ -169,7 +194,7 @@ def test_other_settings_are_refused_then_replaced_with_overwrite(bundle, tmp_pat
     before = files_of(out)
     refused = run_cli(str(out), "--bundle", str(bundle), "--per-class", "3", "--steps", "5")
     assert refused.exit_code == 5 and len(refused.output.strip().splitlines()) == 1
-    assert "other settings (sampler steps 20, not 5)" in refused.output and files_of(out) == before
+    assert "other settings (sampler class steps 20, not 5)" in refused.output and files_of(out) == before
     replaced = run_cli(str(out), "--bundle", str(bundle), "--classes", "sneaker", "--per-class", "2", "--overwrite")
     assert replaced.exit_code == 0, replaced.output
     assert sorted(n for n in files_of(out) if n.endswith(".png")) == [

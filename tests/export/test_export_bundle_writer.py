@@ -36,6 +36,7 @@ def test_manifest_lists_every_file_with_its_hash_and_the_runtime_loads_it(tiny_b
     assert manifest["latent"]["init"] == {"kind": "gaussian", "mean": 0.0, "std": 0.8}
     assert manifest["latent"]["clip"] == [-3.0, 3.0]
     assert manifest["sampler"]["steps"] == 12 and manifest["sampler"]["normalize_grad"] is False
+    assert manifest["sampler_by_condition"] == {"caption": {"steps": 20}}
     assert manifest["presets"]["paper"]["clip"] is None and manifest["presets"]["wide"] == {"clip": [-5.0, 5.0]}
     bundle = load_bundle(report.path)
     assert bundle.name == "tiny" and bundle.latent_dim == 6
@@ -72,6 +73,8 @@ def test_existing_bundle_is_kept_without_overwrite_and_on_failure(tmp_path):
         (dict(sampler={"step": 10}), "step=10 is not a sampler setting"),
         (dict(sampler={"eps1": 0}), "eps1=0 is out of range"),
         (dict(presets={"fast": {"normalize_grad": 1}}), "preset 'fast': normalize_grad=1"),
+        (dict(sampler_by_condition={"pose": {"steps": 3}}), "sampler_by_condition must map a condition"),
+        (dict(sampler_by_condition={"caption": {"steps": 0.5}}), "sampler_by_condition 'caption': steps=0.5"),
         (dict(clip=(1.0, -1.0)), "clip must be"),
         (dict(presets={"paper": {"clip": (0.0,)}}), "preset 'paper': clip must be"),
         (dict(provenance={"data": object()}), "cannot be written as JSON"),

@@ -115,6 +115,7 @@ def tiny_spec(seed: int = 0) -> BundleSpec:
         encoder=Encoder(),
         image_classifier=ImageClassifier(),
         sampler={"steps": 12, "eps1": 0.05, "eps2": 1e-3},
+        sampler_by_condition={"caption": {"steps": 20}},
         presets={
             "paper": {"eps1": 1e-3, "eps2": 1e-8, "prior_weight": 0.0, "clip": None},
             "wide": {"clip": (-5.0, 5.0)},

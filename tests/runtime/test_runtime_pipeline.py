@@ -272,6 +272,22 @@ def test_bundle_clip_and_init_are_applied(tiny_bundle):
     np.testing.assert_allclose(start.z, 0.2)  # drawn near 5, then clipped
 
 
+def test_settings_by_condition_come_between_the_bundles_defaults_and_the_preset(tiny_bundle):
+    edit_manifest(tiny_bundle, lambda m: m.update(sampler_by_condition={"caption": {"steps": 7, "eps1": 0.02}}))
+    pipe = Pipeline.from_bundle(tiny_bundle, device="cpu")
+    assert pipe.sampler_config(condition="class") == pipe.sampler_config()  # nothing set apart for classes
+    assert (pipe.sampler_config(condition="caption").steps, pipe.sampler_config(condition="caption").eps1) == (7, 0.02)
+    assert pipe.sampler_config("paper", "caption").eps1 == 0.001  # the preset comes after
+    assert pipe.sampler_config("paper", "caption", eps1=0.3).eps1 == 0.3  # and an explicit setting last
+    assert pipe.sampler_config("paper", "caption").steps == 7
+    # a request runs with its own kind's settings, and says so
+    assert pipe.generate(caption="a red sneaker", n=1, seed=0).config.steps == 7
+    assert pipe.generate(classes="sneaker", n=1, seed=0).config.steps == pipe.sampler_config().steps
+    assert pipe.generate(caption="a red sneaker", n=1, seed=0, steps=2).config.steps == 2
+    with pytest.raises(InputError, match="condition must be one of class, caption, not 'pose'"):
+        pipe.sampler_config(condition="pose")
+
+
 def test_a_preset_can_replace_the_bundle_clip(tiny_bundle):
     def change(manifest):
         manifest["latent"]["clip"] = [-0.1, 0.2]

@@ -40,6 +40,9 @@ def test_health_and_bundles_describe_the_served_bundle(client, tiny_bundle):
     assert bundle["name"] == "tiny" and bundle["default"] and bundle["captions"]
     assert bundle["classes"] == len(pipe.bundle.classes)
     assert bundle["sampler"] == pipe.sampler_config().to_dict()
+    assert bundle["sampler_by_condition"] == {
+        kind: pipe.sampler_config(condition=kind).to_dict() for kind in ("class", "caption")
+    }
     assert [s["name"] for s in listing["sampler_settings"]] == FLAGGED_SAMPLER_FIELDS
     classes = client.get("/v1/bundles/tiny/classes").json()["classes"]
     assert [c["names"] for c in classes] == pipe.bundle.classes

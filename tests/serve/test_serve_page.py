@@ -97,3 +97,21 @@ def test_stop_cancels_the_chains(browser, tiny_bundle):
         WebDriverWait(browser, 10, poll_frequency=0.1).until(
             lambda d: httpx.get(slow.url + "/v1/health").json()["jobs"] == 0
         )
+
+
+def test_the_steps_shown_are_the_bundles_defaults_for_the_kind_of_condition(browser, tmp_path):
+    from runtime_bundles import edit_manifest, write_tiny_bundle
+
+    from bench.serve import ServerProcess
+
+    root = tmp_path / "tiny"
+    write_tiny_bundle(root)
+    edit_manifest(root, lambda m: m.update(sampler_by_condition={"caption": {"steps": 7}}))
+    with ServerProcess(root) as served:
+        open_page(browser, served.url)
+        class_steps = browser.find_element(By.ID, "steps").get_attribute("value")
+        assert class_steps != "7"
+        browser.find_element(By.ID, "mode-caption").click()
+        assert browser.find_element(By.ID, "steps").get_attribute("value") == "7"
+        browser.find_element(By.ID, "mode-class").click()
+        assert browser.find_element(By.ID, "steps").get_attribute("value") == class_steps

@@ -38,8 +38,6 @@ function chip(text, onClick) {
 async function chooseBundle() {
   const bundle = bundles.find((b) => b.name === $("bundle").value);
   $("bundle-description").textContent = bundle.description;
-  $("steps").value = bundle.sampler.steps;
-  $("method").value = bundle.sampler.method;
   $("mode-class").disabled = bundle.classes === 0;
   $("mode-caption").disabled = !bundle.captions;
   $(bundle.classes === 0 ? "mode-caption" : "mode-class").checked = true;
@@ -59,6 +57,11 @@ function showMode() {
   const caption = $("mode-caption").checked;
   $("class-row").hidden = caption;
   $("caption-row").hidden = !caption;
+  // the bundle's sampler defaults for this kind of condition (captions may take more steps than classes)
+  const bundle = bundles.find((b) => b.name === $("bundle").value);
+  const sampler = bundle.sampler_by_condition[caption ? "caption" : "class"];
+  $("steps").value = sampler.steps;
+  $("method").value = sampler.method;
 }
 
 function request() {
