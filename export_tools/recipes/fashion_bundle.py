@@ -21,16 +21,17 @@ from export_tools.recipes.fashion_train import load_checkpoint, trained_networks
 # 100: a caption chain needs the steps to reach its colour), so 200 steps at scale 20 stay the defaults.
 SAMPLER_DEFAULTS = {
     "method": "sgld",
-    "steps": 200,
+    "steps": 100,
     "eps1": 0.005,
     "eps2": 0.01,
     "prior_weight": 1.0,
-    "condition_scale": 20.0,
+    "condition_scale": 17.5,
     "anneal": 0.0,
     "eps1_final": None,
     "normalize_grad": False,
     "start": "init",
 }
+SAMPLER_BY_CONDITION = {"caption": {"steps": 200, "condition_scale": 20.0}}
 PRESETS = {
     # the paper's CaffeNet settings: tiny steps, almost no noise, no prior term
     "paper": {"method": "sgld", "eps1": 0.001, "eps2": 1e-8, "prior_weight": 0.0, "condition_scale": 1.0},
@@ -69,6 +70,7 @@ def write_fashion_bundle(run_dir: Path, out_dir: Path, *, overwrite: bool = Fals
         encoder=encoder,
         image_classifier=ImageClassifier(encoder, nets.head),
         sampler=SAMPLER_DEFAULTS,
+        sampler_by_condition=SAMPLER_BY_CONDITION,
         presets=PRESETS,
         provenance={
             "recipe": "python -m export_tools.recipes.fashion train && python -m export_tools.recipes.fashion export",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from export_tools.recipes.evaluator import mean_pairwise_distance
-from export_tools.recipes.fashion_bundle import PRESETS, SAMPLER_DEFAULTS
+from export_tools.recipes.fashion_bundle import PRESETS, SAMPLER_BY_CONDITION, SAMPLER_DEFAULTS
 from export_tools.recipes.fashion_data import CLASS_NAMES, COLOUR_NAMES, PALETTE
 from latent_onnx import Pipeline
 
@@ -17,6 +17,7 @@ def pipe():
 def test_default_bundle_is_fashion_colors_with_tuned_defaults(pipe):
     assert pipe.bundle.name == "fashion-colors"
     assert {key: pipe.bundle.sampler[key] for key in SAMPLER_DEFAULTS} == SAMPLER_DEFAULTS
+    assert pipe.bundle.sampler_by_condition == SAMPLER_BY_CONDITION
     assert pipe.bundle.presets == PRESETS
     assert pipe.bundle.prior.describe() == "gaussian N(0, 1^2 I)"  # the flow's space: exactly N(0, I)
     assert pipe.sampler_config().start == "init" and pipe.sampler_config("paper").prior_weight == 0.0
