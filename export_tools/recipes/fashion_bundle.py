@@ -15,10 +15,12 @@ from export_tools.recipes.fashion_train import load_checkpoint, trained_networks
 
 # Sampler defaults chosen with `evaluate` (see docs/fashion-bundle.md for the measurements): the paper's
 # SGLD from z_0 ~ N(0, I) in the flow's space, true Langevin (eps2 = 2 eps1), the class / caption term
-# sharpened by the condition scale. On the recipe-version-5 bundle (100 per class, seed 0): scale 15 / 20 /
-# 25 / 30 give class 0.953 / 0.958 / 0.971 / 0.975, diversity 0.935 / 0.932 / 0.925 / 0.921 and Frechet 26 /
-# 28.5 / 31 / 35; at scale 20 captions reach class 0.935 and colour 0.983 in 200 steps (0.901 / 0.978 in
-# 100: a caption chain needs the steps to reach its colour), so 200 steps at scale 20 stay the defaults.
+# sharpened by the condition scale. A class request needs fewer steps than a caption request: on the
+# recipe-version-5 networks (100 per class, seeds 0 / 1 / 2), 100 steps at scale 17.5 give class 0.951 /
+# 0.950 / 0.954, diversity 0.954 / 0.958 / 0.960 and Frechet 24.3 / 23.5 / 26.9 (200 steps at scale 20:
+# 0.958 / 0.966 / -, 0.932 / 0.946 / -, 28.5 / 27.6 / -; 100 steps at 15 / 17 / 18 / 20, seed 0: class 0.951
+# / 0.949 / 0.952 / 0.959, Frechet 22.9 / 23.8 / 24.8 / 26.2), while a caption chain needs 200 steps at
+# scale 20 to reach its colour (caption class 0.935, colour 0.983; 0.901 / 0.978 in 100 steps).
 SAMPLER_DEFAULTS = {
     "method": "sgld",
     "steps": 100,
@@ -31,16 +33,14 @@ SAMPLER_DEFAULTS = {
     "normalize_grad": False,
     "start": "init",
 }
-SAMPLER_BY_CONDITION = {"caption": {"steps": 200, "condition_scale": 20.0}}
+SAMPLER_BY_CONDITION = {"caption": {"steps": 200, "condition_scale": 20.0}}  # over SAMPLER_DEFAULTS for captions
 PRESETS = {
     # the paper's CaffeNet settings: tiny steps, almost no noise, no prior term
     "paper": {"method": "sgld", "eps1": 0.001, "eps2": 1e-8, "prior_weight": 0.0, "condition_scale": 1.0},
     # class samples closer to real images' spread, for a little class agreement: a wider prior term and the
-    # condition ramped up over the whole run (100 per class, seeds 0 / 1: class 0.955 / 0.962, diversity
-    # 0.950 / 0.965, Frechet 27.4 / 25.8, crossing 0.970 / 0.970, against the defaults' 0.958 / 0.966, 0.932 /
-    # 0.946, 28.5 / 27.6, 0.970 / 0.985); captions lose class with it (0.909 against 0.935), so it is not the
-    # default. (`steps` 100 at the defaults measured alike in the evaluator's space, 0.959 / 0.950 / 26.2, at
-    # half the cost, but spreads the pixels less than 200 steps do.)
+    # condition ramped up over the whole run (100 steps, 100 per class, seeds 0 / 1: class 0.951 / 0.943,
+    # diversity 0.963 / 0.965, Frechet 23.2 / 21.9, crossing 0.935 / 0.935); captions (their 200 steps) lose
+    # class with it (0.909 against 0.935), so it is not the default
     "diverse": {"prior_weight": 0.75, "anneal": 1.0, "condition_scale": 30.0},
 }
 
