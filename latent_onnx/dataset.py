@@ -33,7 +33,7 @@ from .conditioning import ClassIndex
 from .errors import InputError, LatentOnnxError, OutputError
 from .images import check_output_dir, png_bytes, write_atomically
 from .metadata import bundle_ref, png_text
-from .pipeline import GenerateOptions, Pipeline
+from .pipeline import GenerateOptions, Pipeline, condition_kind
 from .sampler import check_int
 
 FORMATS = ("imagefolder", "webdataset")
@@ -227,7 +227,7 @@ def plan_dataset(settings: DatasetSettings) -> Plan:
         "preset": settings.preset,
         "sampler": {  # the settings each kind of condition runs with (the bundle's may differ by kind)
             kind: pipe.sampler_config(settings.preset, kind, **settings.sampler).to_dict()
-            for kind in dict.fromkeys("class" if c.caption is None else "caption" for c in conditions)
+            for kind in dict.fromkeys(condition_kind(c.caption) for c in conditions)
         },
     }
     return Plan(

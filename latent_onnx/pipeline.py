@@ -34,6 +34,12 @@ NOISE_CHUNK = 16  # steps of noise drawn at once per chain (fewer NumPy calls; t
 StepCallback = Callable[[int, int, np.ndarray], None]  # (step done 1..total, total, z [b, D] of the batch)
 
 
+def condition_kind(caption: str | None) -> str:
+    """The kind of condition of a request: "caption" when it names a caption, else "class" (the bundle's
+    sampler settings may differ by it)."""
+    return "caption" if caption is not None else "class"
+
+
 @dataclass(frozen=True)
 class GenerateOptions:
     """What to generate. Sampler settings not in `sampler` take the bundle's (or the preset's) defaults."""
@@ -70,8 +76,8 @@ class GenerateOptions:
 
     @property
     def condition(self) -> str:
-        """The kind of condition asked for: "caption" or "class" (the bundle's sampler settings may differ by it)."""
-        return "caption" if self.caption is not None else "class"
+        """The kind of condition asked for (see condition_kind)."""
+        return condition_kind(self.caption)
 
     def describe(self) -> dict:
         """The options as JSON-ready values (arrays, images and callbacks left out)."""
