@@ -325,7 +325,10 @@ class _ManifestReader:
         init = self.distribution(latent["init"], "latent.init", dim) if latent.get("init") is not None else prior
         clip = self.clip(latent.get("clip"))
         sampler = self.sampler(m.get("sampler"), "sampler", partial=False)
-        by_condition = self.obj(m.get("sampler_by_condition", {}), "sampler_by_condition", set(), set(CONDITIONS))
+        by_condition = m.get("sampler_by_condition")  # null: none
+        by_condition = (
+            {} if by_condition is None else self.obj(by_condition, "sampler_by_condition", set(), set(CONDITIONS))
+        )
         sampler_by_condition = {
             kind: self.sampler(value, f"sampler_by_condition.{kind}", partial=True)
             for kind, value in by_condition.items()

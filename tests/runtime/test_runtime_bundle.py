@@ -74,7 +74,8 @@ def test_a_directory_without_manifest_is_refused(tmp_path):
         (lambda m: m.update(sampler_by_condition={"pose": {"steps": 3}}), "'sampler_by_condition.pose'"),
         (lambda m: m.update(sampler_by_condition={"caption": {"steps": -3}}), "'sampler_by_condition.caption.steps'"),
         (lambda m: m.update(sampler_by_condition={"class": {"start": "image"}}), "'sampler_by_condition.class.start'"),
-        (lambda m: m.update(sampler_by_condition=[]), "'sampler_by_condition'"),
+        (lambda m: m.update(sampler_by_condition=[]), "'sampler_by_condition' must be an object"),
+        (lambda m: m.update(sampler_by_condition={"class": None}), "'sampler_by_condition.class' is missing"),
         (lambda m: m.pop("classes"), "'classes'"),
         (lambda m: m["caption"].update(max_tokens=0), "'caption.max_tokens'"),
         (lambda m: m.update(colour="red"), "'colour'"),
@@ -180,3 +181,11 @@ def test_a_gaussian_mixture_prior_is_loaded_and_checked(tiny_bundle):
     use_mixture_prior(tiny_bundle, **arrays)
     with pytest.raises(BundleError, match="sum to 1"):
         load_bundle(tiny_bundle)
+
+
+def test_sampler_settings_by_condition_are_read_and_null_means_none(tiny_bundle):
+    assert load_bundle(tiny_bundle).sampler_by_condition == {}
+    edit_manifest(tiny_bundle, lambda m: m.update(sampler_by_condition={"caption": {"steps": 7, "eps1": 1}}))
+    assert load_bundle(tiny_bundle).sampler_by_condition == {"caption": {"steps": 7, "eps1": 1.0}}
+    edit_manifest(tiny_bundle, lambda m: m.update(sampler_by_condition=None))
+    assert load_bundle(tiny_bundle).sampler_by_condition == {}
