@@ -326,12 +326,11 @@ class _ManifestReader:
         clip = self.clip(latent.get("clip"))
         sampler = self.sampler(m.get("sampler"), "sampler", partial=False)
         by_condition = m.get("sampler_by_condition")  # null: none
-        by_condition = (
-            {} if by_condition is None else self.obj(by_condition, "sampler_by_condition", set(), set(CONDITIONS))
-        )
+        if by_condition is not None:
+            self.obj(by_condition, "sampler_by_condition", required=set(), optional=set(CONDITIONS))
         sampler_by_condition = {
             kind: self.sampler(value, f"sampler_by_condition.{kind}", partial=True)
-            for kind, value in by_condition.items()
+            for kind, value in (by_condition or {}).items()
         }
         presets_obj = m.get("presets") or {}
         if not isinstance(presets_obj, dict):

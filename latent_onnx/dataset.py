@@ -30,6 +30,7 @@ from typing import Any
 from . import __version__
 from .bundle import sha256_file
 from .conditioning import ClassIndex
+from .contracts import CONDITIONS
 from .errors import InputError, LatentOnnxError, OutputError
 from .images import check_output_dir, png_bytes, write_atomically
 from .metadata import bundle_ref, png_text
@@ -166,7 +167,8 @@ def plan_dataset(settings: DatasetSettings) -> Plan:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, not {settings.format!r}")
     pipe = Pipeline.from_bundle(settings.bundle, device="cpu", threads=1)
     bundle = pipe.bundle
-    pipe.sampler_config(settings.preset, **settings.sampler)  # bad settings fail here, before the conditions
+    # the settings each kind of condition runs with (the bundle's may differ by kind); bad ones fail here
+    configs = {kind: pipe.sampler_config(settings.preset, kind, **settings.sampler) for kind in CONDITIONS}
     classes = settings.classes if settings.classes is not None or settings.captions else "all"
     found: list[tuple[str, int | None, str | None, str]] = []  # (label, class index, caption, seed key)
     problems: list[str] = []
@@ -225,9 +227,8 @@ def plan_dataset(settings: DatasetSettings) -> Plan:
         "shard_size": settings.shard_size,
         "format": settings.format,
         "preset": settings.preset,
-        "sampler": {  # the settings each kind of condition runs with (the bundle's may differ by kind)
-            kind: pipe.sampler_config(settings.preset, kind, **settings.sampler).to_dict()
-            for kind in dict.fromkeys(condition_kind(c.caption) for c in conditions)
+        "sampler": {
+            kind: configs[kind].to_dict() for kind in dict.fromkeys(condition_kind(c.caption) for c in conditions)
         },
     }
     return Plan(
