@@ -299,6 +299,13 @@ def cuda_section(pipes: dict, batches, steps: int, say) -> dict:
     help="Where the ImageNet-scale graphs are exported once.",
 )
 @click.option(
+    "--dataset-per-class",
+    type=click.IntRange(1, 10_000),
+    default=60,
+    show_default=True,
+    help="Images per class in each run of the 'dataset' section.",
+)
+@click.option(
     "--re-export", is_flag=True, help="Export the ImageNet-scale bundle again (after the networks or exporter changed)."
 )
 @click.option(
@@ -319,6 +326,7 @@ def main(
     default_bundle,
     evaluator,
     cache,
+    dataset_per_class,
     re_export,
     out_dir,
 ):
@@ -337,6 +345,7 @@ def main(
             default_bundle,
             evaluator,
             cache,
+            dataset_per_class,
             re_export,
             out_dir,
         )
@@ -355,6 +364,7 @@ def run(
     default_bundle,
     evaluator,
     cache,
+    dataset_per_class,
     re_export,
     out_dir,
 ):
@@ -473,7 +483,7 @@ def run(
 
         if (Path(default_bundle) / "manifest.json").is_file():
             say("dataset writing: local 1 and 2 workers, Ray 2 actors ...")
-            results["dataset"] = dataset_section(Path(default_bundle), say)
+            results["dataset"] = dataset_section(Path(default_bundle), say, per_class=dataset_per_class)
         else:
             results["dataset"] = {"skipped": f"no bundle at {default_bundle}"}
     if "serve" in chosen:

@@ -9,6 +9,9 @@
   per-tensor dynamic quantisation of x gives every sample its own scale.
 - `multiply_by_masks`: Where(c, 0, g), autograd's ReLU backward, becomes g * float(not c), which
   ONNX Runtime's CPU kernels run about 10x faster (Where with a broadcast scalar is single-threaded).
+- `transposed_convolutions_as_convolutions`: a strided ConvTranspose becomes one small Conv per output
+  phase and a DepthToSpace (sub-pixel convolution). ONNX Runtime's CPU ConvTranspose is a GEMM and a
+  col2im; its Conv has the blocked (NCHWc) kernels, and no product by a zero the stride inserts is done.
 
 Every rewrite returns a new model and keeps inputs, outputs and results (up to float rounding); nodes
 and initializers a rewrite leaves without users are dropped.
@@ -223,6 +226,102 @@ def multiply_by_masks(model: onnx.ModelProto) -> onnx.ModelProto:
             ]
         else:
             nodes.append(node)
+    _replace_nodes(model, nodes)
+    _drop_unused(model)
+    return model
+
+
+def _phase_taps(stride: int, kernel: int, pad_begin: int) -> list[list[tuple[int, int]]]:
+    """For one axis of a ConvTranspose: per output phase a (output index s * m + a), the (input offset d,
+    kernel tap k) pairs it sums, input index m + d, in increasing d (k = a + pad_begin - s * d)."""
+    return [
+        [
+            (d, a + pad_begin - stride * d)
+            for d in range(-kernel, kernel + 1)
+            if 0 <= a + pad_begin - stride * d < kernel
+        ]
+        for a in range(stride)
+    ]
+
+
+def _phase_convolutions(node: onnx.NodeProto, weight: np.ndarray, in_hw: tuple[int, int]):
+    """The per-phase Conv (weight [C_out, C_in, kh, kw], pads [top, left, bottom, right]) of a plain 2-d
+    ConvTranspose (weight [C_in, C_out, k_h, k_w]) on inputs of size in_hw, in phase order (a, b), or
+    None when the node is not one this rewrite handles."""
+    attributes = _attributes(node)
+    kernel = list(weight.shape[2:])
+    strides = list(attributes.get("strides", [1, 1]))
+    pads = list(attributes.get("pads", [0, 0, 0, 0]))
+    plain = (
+        attributes.get("group", 1) == 1
+        and list(attributes.get("dilations", [1, 1])) == [1, 1]
+        and not any(attributes.get("output_padding", [0, 0]))
+        and attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+        and "output_shape" not in attributes
+        and len(kernel) == 2
+        and strides[0] == strides[1]
+    )
+    if not plain:
+        return None
+    stride = strides[0]
+    axes = []  # per axis: per phase (taps, pad_begin, pad_end)
+    for axis in range(2):
+        size, k = in_hw[axis], kernel[axis]
+        out = stride * (size - 1) + k - pads[axis] - pads[axis + 2]
+        if out % stride:
+            return None
+        phases = []
+        for taps in _phase_taps(stride, k, pads[axis]):
+            if not taps:
+                return None
+            begin, end = -taps[0][0], (out // stride - 1 + taps[-1][0]) - (size - 1)
+            if begin < 0 or end < 0:
+                return None
+            phases.append((taps, begin, end))
+        axes.append(phases)
+    convolutions = []
+    for rows, row_begin, row_end in axes[0]:
+        for cols, col_begin, col_end in axes[1]:
+            taps = weight[:, :, [k for _, k in rows]][:, :, :, [k for _, k in cols]]  # [C_in, C_out, kh, kw]
+            convolutions.append((taps.transpose(1, 0, 2, 3).copy(), [row_begin, col_begin, row_end, col_end]))
+    return stride, convolutions
+
+
+def transposed_convolutions_as_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each 2-d ConvTranspose of an initializer weight (group 1, no dilation or output padding,
+    equal strides, every output phase fed) on an input of known height and width as Conv per output phase
+    (stride 1: one Conv of the flipped kernel), then Concat and DepthToSpace (DCR): the same results up to
+    float rounding. Other ConvTranspose nodes are left as they are."""
+    model = _copy(model)
+    graph = model.graph
+    constants = {init.name: init for init in graph.initializer}
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in _inferred_values(model)
+        if v.type.tensor_type.HasField("shape")
+    }
+    make, nodes = helper.make_node, []
+    for node in graph.node:
+        shape = shapes.get(node.input[0], [])
+        plan = None
+        if node.op_type == "ConvTranspose" and node.input[1] in constants and len(shape) == 4 and all(shape[2:]):
+            plan = _phase_convolutions(node, numpy_helper.to_array(constants[node.input[1]]), tuple(shape[2:]))
+        if plan is None:
+            nodes.append(node)
+            continue
+        stride, convolutions = plan
+        out = node.output[0]
+        bias = list(node.input[2:3])
+        phases = [out] if stride == 1 else [f"{out}/phase{i}" for i in range(len(convolutions))]
+        for i, ((weight, pads), phase) in enumerate(zip(convolutions, phases)):
+            name = f"{out}/phase{i}/weight"
+            graph.initializer.append(numpy_helper.from_array(weight, name))
+            nodes.append(
+                make("Conv", [node.input[0], name, *bias], [phase], kernel_shape=list(weight.shape[2:]), pads=pads)
+            )
+        if stride > 1:
+            nodes.append(make("Concat", phases, [f"{out}/phases"], axis=1))
+            nodes.append(make("DepthToSpace", [f"{out}/phases"], [out], blocksize=stride, mode="DCR"))
     _replace_nodes(model, nodes)
     _drop_unused(model)
     return model

@@ -159,6 +159,8 @@ def test_bench_command_writes_every_section(bench_cache, tmp_path):
         str(bundle),
         "--evaluator",
         str(tmp_path / "none.pt"),
+        "--dataset-per-class",
+        "1",  # the test bundle has 1,000 classes
         "--out",
         str(out),
     ]
@@ -166,6 +168,7 @@ def test_bench_command_writes_every_section(bench_cache, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"meta", "machine", "imagenet", "default", "eager", "variants", "precision", "coldstart"}
+    assert results["dataset"]["per_class"] == 1 and results["dataset"]["runs"]
     assert "skipped" in results["precision"]  # no evaluator checkpoint given
     ratios = results["imagenet"]["ratios"]
     assert [r["batch"] for r in ratios] == [1, 2] and all(r["step_ratio"] > 0 for r in ratios)

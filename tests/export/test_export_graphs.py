@@ -47,6 +47,19 @@ def test_graphs_pass_the_onnx_checker_at_the_declared_versions(tiny_bundle):
         assert all(not t.external_data for t in model.graph.initializer)  # weights embedded
 
 
+def test_an_export_is_the_same_bytes_again_and_names_no_source_file(tmp_path):
+    """The exporter's per-node notes (source paths and line numbers) are dropped: a network exports to the
+    same file from any checkout."""
+    torch.manual_seed(0)
+    network = head()
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    export_class_grad(network, DIMS, first)
+    export_class_grad(network, DIMS, second)
+    assert first.read_bytes() == second.read_bytes()
+    assert not any(node.metadata_props for node in onnx.load(first).graph.node)
+    assert b".py" not in first.read_bytes()
+
+
 def test_graphs_keep_contract_names_and_a_dynamic_batch(tiny_bundle):
     _, report = tiny_bundle
     rng = np.random.default_rng(1)

@@ -1,20 +1,29 @@
 """Graph rewrites (export_tools.rewrites): same results, each weight held once, ReLU backward as a
-mask product, and int8 activations scaled per row so a small sample next to large ones keeps its resolution."""
+mask product, int8 activations scaled per row so a small sample next to large ones keeps its resolution,
+and transposed convolutions as sub-pixel convolutions."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
+import tiny_networks
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from tiny_networks import D, K
 from torch import nn
 
-from export_tools.export import export_class_grad
+from export_tools.export import export_class_grad, export_composite_class_grad, export_generator
 from export_tools.quantize import int8_dynamic_model
-from export_tools.rewrites import matmul_weights_model, multiply_by_masks, normalise_rows, share_transposed_weights
+from export_tools.rewrites import (
+    matmul_weights_model,
+    multiply_by_masks,
+    normalise_rows,
+    share_transposed_weights,
+    transposed_convolutions_as_convolutions,
+)
 from export_tools.specs import GraphDims
 
 RNG = np.random.default_rng(0)
@@ -124,3 +133,87 @@ def test_int8_gives_each_row_its_own_scale(tmp_path):
     quantize_dynamic(model, tmp_path / "per_tensor.onnx", weight_type=QuantType.QInt8, per_channel=True)
     per_tensor = _run(onnx.load(tmp_path / "per_tensor.onnx"), x=x)[0]  # the scheme without normalise_rows
     assert np.linalg.norm(per_tensor[3] - want[3]) / np.linalg.norm(want[3]) > 0.5
+
+
+def _transposed_convolution_model(deconv: nn.ConvTranspose2d, in_hw: tuple[int, int]) -> onnx.ModelProto:
+    """x [B, C_in, h, w] -> deconv(x) as one ONNX ConvTranspose with the module's weights and attributes."""
+    attributes = dict(
+        strides=list(deconv.stride),
+        pads=[*deconv.padding, *deconv.padding],
+        group=deconv.groups,
+        dilations=list(deconv.dilation),
+        output_padding=list(deconv.output_padding),
+    )
+    inputs, initializers = ["x", "weight"], [numpy_helper.from_array(deconv.weight.detach().numpy(), "weight")]
+    if deconv.bias is not None:
+        inputs.append("bias")
+        initializers.append(numpy_helper.from_array(deconv.bias.detach().numpy(), "bias"))
+    node = helper.make_node("ConvTranspose", inputs, ["y"], **attributes)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", deconv.in_channels, *in_hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", deconv.out_channels, "h", "w"])
+    return _model([node], [x], [y], initializers)
+
+
+@pytest.mark.parametrize(
+    "stride, kernel, padding, bias",
+    [(2, 4, 1, True), (2, 4, 1, False), (1, 3, 1, True), (2, 2, 0, True), (3, 5, 1, True), (4, 8, 2, True)],
+)
+def test_transposed_convolution_becomes_sub_pixel_convolutions_with_the_same_results(stride, kernel, padding, bias):
+    """Against PyTorch's ConvTranspose2d: output phases fed by 1 to 3 taps per axis, stride 1 (one Conv)."""
+    torch.manual_seed(stride * 10 + kernel)
+    deconv = nn.ConvTranspose2d(3, 5, kernel, stride, padding, bias=bias)
+    model = _transposed_convolution_model(deconv, (5, 6))
+    rewritten = transposed_convolutions_as_convolutions(model)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "ConvTranspose" not in ops and ops.count("Conv") == stride * stride
+    assert ops.count("DepthToSpace") == (stride > 1)
+    x = RNG.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = deconv(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_run(rewritten, x=x)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_transposed_convolution_with_asymmetric_pads_is_rewritten_exactly():
+    torch.manual_seed(1)
+    deconv = nn.ConvTranspose2d(3, 4, 4, 2, 1)
+    model = _transposed_convolution_model(deconv, (5, 6))
+    for attribute in model.graph.node[0].attribute:
+        if attribute.name == "pads":
+            attribute.ints[:] = [2, 1, 0, 1]  # top, left, bottom, right: still 2 h x 2 w
+    x = RNG.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    want = _run(model, x=x)[0]
+    rewritten = transposed_convolutions_as_convolutions(model)
+    assert "ConvTranspose" not in [n.op_type for n in rewritten.graph.node]
+    np.testing.assert_allclose(_run(rewritten, x=x)[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [dict(groups=3, in_channels=3, out_channels=6), dict(output_padding=1), dict(dilation=2), dict(kernel_size=3)],
+)
+def test_transposed_convolutions_the_rewrite_does_not_handle_are_kept(changes):
+    """Groups, output padding, dilation, and an output of odd size (phases of unequal length) stay ConvTranspose."""
+    torch.manual_seed(2)
+    deconv = nn.ConvTranspose2d(
+        **{**dict(in_channels=3, out_channels=4, kernel_size=4, stride=2, padding=1), **changes}
+    )
+    model = _transposed_convolution_model(deconv, (5, 6))
+    rewritten = transposed_convolutions_as_convolutions(model)
+    assert [n.op_type for n in rewritten.graph.node] == ["ConvTranspose"]
+    x = RNG.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(rewritten, x=x)[0], deconv(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_exported_generator_and_composite_graphs_have_no_2d_transposed_convolution(tmp_path):
+    """The export rewrites the image ones (and validates the rewritten graph against PyTorch)."""
+    torch.manual_seed(0)
+    spec = tiny_networks.tiny_spec()
+    dims = GraphDims(latent_dim=D, num_classes=K, image_hw=spec.image_hw)
+    export_generator(spec.generator, spec.generator_convention, dims, tmp_path / "generator.onnx")
+    export_composite_class_grad(spec.generator, spec.image_classifier, dims, tmp_path / "composite.onnx")
+    for name in ("generator.onnx", "composite.onnx"):
+        nodes = onnx.load(tmp_path / name).graph.node
+        assert "DepthToSpace" in {n.op_type for n in nodes}
+        left = [n for n in nodes if n.op_type == "ConvTranspose"]  # the composite's 3-d LRN backward stays
+        assert all(len(helper.get_attribute_value(a)) == 3 for n in left for a in n.attribute if a.name == "strides")
