@@ -1,5 +1,6 @@
-"""Session choices: single chains of a large class_grad (float32 unpacked, quantised by measurement), and a small
-gradient graph on one thread per batch size where measured faster."""
+"""Session choices: single chains of a large class_grad (float32 unpacked, quantised by measurement), a small
+gradient graph on one thread per batch size where measured faster, and spinning workers for the graphs run once
+per batch."""
 
 import numpy as np
 import onnx
@@ -205,3 +206,16 @@ def test_either_session_gives_the_same_gradients(small_bundle):
     np.testing.assert_allclose(
         chosen["grad"], other.run(["grad"], {"z": z, "weights": weights})[0], rtol=1e-5, atol=1e-6
     )
+
+
+def _spinning(session) -> bool:
+    return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_only_graphs_run_once_per_batch_keep_spinning_workers(small_bundle):
+    """The decode and the encoder spin between nodes (nothing else runs then); the gradient graphs, which the
+    sampler's NumPy work alternates with, let their workers sleep."""
+    pipe = Pipeline.from_bundle(small_bundle, device="cpu", threads=2)
+    spinning = {role: _spinning(runner.session) for role, runner in pipe.open_all().items()}
+    assert spinning == {role: role in sessions.SPINNING_ROLES for role in spinning}
+    assert spinning["generator"] and not spinning["class_grad"]
