@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import latent_onnx
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NO_GPU = shutil.which("nvidia-smi") is None  # then --device cuda must fail, in one line
 
@@ -51,6 +53,7 @@ def wheel(tmp_path_factory, tiny_bundle_template) -> Path:
 
 
 def test_wheel_carries_shipped_bundles_and_the_command_finds_the_default(tmp_path, wheel):
+    assert wheel.name.startswith(f"latent_onnx-{latent_onnx.__version__}-")  # the version is kept in one place
     with zipfile.ZipFile(wheel) as archive:
         assert "latent_onnx/models/fashion-colors/manifest.json" in archive.namelist()
         archive.extractall(tmp_path / "installed")
