@@ -1,4 +1,5 @@
-"""int8 weights for a gradient graph (class_grad): same inputs, outputs and contract, 3-6x faster on CPUs.
+"""int8 weights for a gradient graph (class_grad): same inputs, outputs and contract, faster steps on CPUs
+(ImageNet-size MLP, batch 1: 2.8x on an Intel Xeon with AMX, 3.6x on an AMD EPYC without; docs/export.md).
 
 ONNX Runtime's dynamic quantisation: every weight product becomes an integer product with int8
 weights per output channel (7 of the 8 bits used: REDUCE_RANGE), its activations quantised at run

@@ -119,8 +119,8 @@ def download(files: tuple[str, ...], cache: Path, pins: tuple[str, ...], list_on
     type=click.Choice(PRECISIONS),
     default=ImageNetOptions.class_grad_precision,
     show_default=True,
-    help="class_grad weights: int8 (3-6x faster latent steps on CPUs, checked against float32 on the way),"
-    " float32, or auto (int8 when it passes that check, else float32)",
+    help="class_grad weights: int8 (faster latent steps on CPUs, by how much depends on the CPU; checked against"
+    " float32 on the way), float32, or auto (int8 when it passes that check, else float32)",
 )
 @click.option("--name", default=ImageNetOptions.name, show_default=True, help="bundle name")
 @click.option(

@@ -76,7 +76,7 @@ class ImageNetOptions:
     composite: bool = False  # export composite_class_grad (generator + full CaffeNet; slow, large)
     max_tokens: int = 20  # T: caption words + final <eos> (LRCN's deploy net unrolls 20 steps)
     class_grad_precision: str = (
-        "auto"  # BundleSpec's: int8 class_grad weights (3-6x faster latent steps on CPUs) when they pass their check
+        "auto"  # BundleSpec's: int8 class_grad weights (faster latent steps on CPUs) when they pass their check
     )
     width: int = 1  # network width divisor: 1 for the published weights, >1 only for tests
 
