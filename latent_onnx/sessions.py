@@ -239,6 +239,10 @@ class GraphRunner:
         self._check_signature("input", session.get_inputs(), self.inputs)
         self._check_signature("output", session.get_outputs(), self.outputs)
         self.output_names = [name for name, _, _ in self.outputs]
+        # what run() checks, worked out once: (name, dtype, sizes of the axes after the batch)
+        self._input_names = {name for name, _, _ in self.inputs}
+        self._input_checks = [(name, dtype, tuple(self._expected(dims)[1:])) for name, dtype, dims in self.inputs]
+        self._output_checks = [(name, dtype, tuple(self._expected(dims)[1:])) for name, dtype, dims in self.outputs]
         self._open_single_row = open_single_row
         self._timed_key = timed_key
         self._single_row: ort.InferenceSession | None = None  # the session batch-1 runs use, once chosen
@@ -320,20 +324,19 @@ class GraphRunner:
 
     def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph on checked feeds (names, dtypes and shapes as the contract says)."""
-        if sorted(feeds) != sorted(name for name, _, _ in self.inputs):
+        if feeds.keys() != self._input_names:
             raise InputError(f"graph {self.role} takes inputs {[n for n, _, _ in self.inputs]}, got {sorted(feeds)}")
         batch = None
-        for name, dtype, symbols in self.inputs:
+        for (name, dtype, trailing), (_, _, symbols) in zip(self._input_checks, self.inputs):
             array = feeds[name]
-            wanted = self._expected(symbols)
-            if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != len(wanted):
+            if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != len(symbols):
                 raise InputError(
                     f"graph {self.role}: input '{name}' must be a {np.dtype(dtype).name} array of shape {list(symbols)}"
                 )
             batch = array.shape[0] if batch is None else batch
-            if array.shape[0] != batch or any(have != want for have, want in zip(array.shape[1:], wanted[1:])):
+            if array.shape[0] != batch or array.shape[1:] != trailing:
                 raise InputError(
-                    f"graph {self.role}: input '{name}' has shape {list(array.shape)}, expected {[batch, *wanted[1:]]}"
+                    f"graph {self.role}: input '{name}' has shape {list(array.shape)}, expected {[batch, *trailing]}"
                 )
         where = f"bundle '{self.bundle_name}': graph {self.role}"
         try:
@@ -345,12 +348,12 @@ class GraphRunner:
         except Exception as error:  # onnxruntime raises its own untyped errors (Fail, InvalidArgument, ...)
             raise BundleError(f"{where} failed in ONNX Runtime on a batch of {batch}: {_first_line(error)}") from None
         outputs = dict(zip(self.output_names, results))
-        for name, dtype, symbols in self.outputs:
-            array, wanted = outputs[name], [batch, *self._expected(symbols)[1:]]
-            if array.dtype != dtype or list(array.shape) != wanted:
+        for name, dtype, trailing in self._output_checks:
+            array = outputs[name]
+            if array.dtype != dtype or array.shape[:1] != (batch,) or array.shape[1:] != trailing:
                 raise BundleError(
                     f"{where} returned '{name}' as {array.dtype} {list(array.shape)}; the format requires"
-                    f" {np.dtype(dtype).name} {wanted}"
+                    f" {np.dtype(dtype).name} {[batch, *trailing]}"
                 )
         return outputs
 
