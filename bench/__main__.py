@@ -55,6 +55,43 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_caches() -> str:
+    """The first CPU's L2 and L3 from sysfs, e.g. "L2 2 MiB per core, L3 480 MiB" ("" where sysfs has none)."""
+    parts = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            size = (index / "size").read_text().strip()
+            shared = (index / "shared_cpu_list").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if level < 2 or not size.endswith("K"):
+            continue
+        mib = int(size[:-1]) / 1024
+        per_core = "" if ("-" in shared or "," in shared) else " per core"
+        parts.append(f"L{level} {mib:g} MiB{per_core}")
+    return ", ".join(parts)
+
+
+def _cpu_features() -> str:
+    """The matrix units the runtime's kernels use where present: AVX-512 VNNI, AMX (from /proc/cpuinfo)."""
+    try:
+        flags = next(
+            line.split(":", 1)[1].split()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return ""
+    names = {"avx512_vnni": "AVX-512 VNNI", "amx_tile": "AMX"}
+    return ", ".join(label for flag, label in names.items() if flag in flags) or "no AVX-512 VNNI or AMX"
+
+
+def _machine() -> str:
+    """The CPU model, cores, caches and matrix units, as every figure quotes them."""
+    return ", ".join(filter(None, [_cpu_name(), f"{os.cpu_count()} cores", _cpu_caches(), _cpu_features()]))
+
+
 def _first_class(pipe) -> str:
     return "11" if len(pipe.bundle.classes) > 11 else "0"
 
@@ -395,7 +432,7 @@ def run(
     results = {
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
+            "machine": _machine(),
             "load_before": _load(),
             "python": platform.python_version(),
             "onnxruntime": __import__("onnxruntime").__version__,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 
 import numpy as np
 import onnx
@@ -169,6 +170,7 @@ def test_bench_command_writes_every_section(bench_cache, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"meta", "machine", "imagenet", "default", "eager", "variants", "precision", "coldstart"}
     assert results["dataset"]["per_class"] == 1 and results["dataset"]["runs"]
+    assert f"{os.cpu_count()} cores" in results["meta"]["machine"]  # every figure names its machine
     assert "skipped" in results["precision"]  # no evaluator checkpoint given
     ratios = results["imagenet"]["ratios"]
     assert [r["batch"] for r in ratios] == [1, 2] and all(r["step_ratio"] > 0 for r in ratios)
