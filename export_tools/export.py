@@ -9,7 +9,8 @@ Gradient graphs come from PyTorch autograd: `torch.func.grad` of the log-density
 the parameters as buffers, and exported with the dynamo exporter and a dynamic batch axis; a weight
 used forwards and backwards is then held once (`rewrites.share_transposed_weights`) and the ReLU
 backward becomes a multiplication by a mask (`rewrites.multiply_by_masks`). In every graph a strided
-ConvTranspose becomes a sub-pixel convolution (`rewrites.transposed_convolutions_as_convolutions`).
+ConvTranspose becomes a sub-pixel convolution (`rewrites.transposed_convolutions_as_convolutions`), and
+an interleave followed by a convolution to fewer channels moves past it (`rewrites.interleaves_after_convolutions`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from export_tools import ExportError, first_line
 from export_tools.conventions import PixelConvention
-from export_tools.rewrites import multiply_by_masks, share_transposed_weights, transposed_convolutions_as_convolutions
+from export_tools.rewrites import (
+    interleaves_after_convolutions,
+    multiply_by_masks,
+    share_transposed_weights,
+    transposed_convolutions_as_convolutions,
+)
 from export_tools.specs import IR_VERSION, SPECS, GraphDims, GraphSpec, LatentSampler
 from export_tools.validate import Reference, validate_graph
 from latent_onnx.contracts import BATCH_AXIS
@@ -274,7 +280,8 @@ def _export_module(
             )
             program.model.ir_version = IR_VERSION  # the graphs use no IR 10 feature (4-bit types, overloads)
             program.save(tmp, external_data=False)
-        model = transposed_convolutions_as_convolutions(onnx.load(tmp))  # ConvTranspose as sub-pixel Conv
+        # ConvTranspose as sub-pixel Conv; a DepthToSpace moved past a Conv to fewer channels
+        model = interleaves_after_convolutions(transposed_convolutions_as_convolutions(onnx.load(tmp)))
         if spec.gradient:  # each weight held once; ReLU backward as a multiplication by a mask
             model = multiply_by_masks(share_transposed_weights(model))
         for node in model.graph.node:  # the exporter's notes (source paths and lines): the same networks, same bytes

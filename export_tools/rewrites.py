@@ -12,6 +12,9 @@
 - `transposed_convolutions_as_convolutions`: a strided ConvTranspose becomes one small Conv per output
   phase and a DepthToSpace (sub-pixel convolution). ONNX Runtime's CPU ConvTranspose is a GEMM and a
   col2im; its Conv has the blocked (NCHWc) kernels, and no product by a zero the stride inserts is done.
+- `interleaves_after_convolutions`: a DepthToSpace followed (through elementwise unary ops) by a Conv
+  to fewer channels becomes one Conv of every output phase over the phase planes, then the DepthToSpace:
+  ONNX Runtime's DepthToSpace copies one number at a time, so it should move the smaller tensor.
 
 Every rewrite returns a new model and keeps inputs, outputs and results (up to float rounding); nodes
 and initializers a rewrite leaves without users are dropped.
@@ -324,4 +327,137 @@ def transposed_convolutions_as_convolutions(model: onnx.ModelProto) -> onnx.Mode
             nodes.append(make("DepthToSpace", [f"{out}/phases"], [out], blocksize=stride, mode="DCR"))
     _replace_nodes(model, nodes)
     _drop_unused(model)
+    return model
+
+
+# Elementwise ops of one input that commute with DepthToSpace (they act on each number alone).
+_UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "HardSigmoid", "Neg", "Abs"}
+
+
+def _interleave_phases(kernel: int, pad_begin: int, stride: int) -> list[list[tuple[int, int, int]]] | None:
+    """For one axis of a stride-1 Conv of an image interleaved from `stride` phases: per output phase, the
+    (tap, input phase, plane offset) triples it reads (output index stride * m + phase, input plane index
+    m + offset), or None when some output phase would need negative padding."""
+    phases = []
+    for phase in range(stride):
+        taps = [(tap, *reversed(divmod(phase - pad_begin + tap, stride))) for tap in range(kernel)]
+        offsets = [offset for _, _, offset in taps]
+        if min(offsets) > 0 or max(offsets) < 0:
+            return None
+        phases.append(taps)
+    return phases
+
+
+def interleaves_after_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with DepthToSpace(DCR, s) -> unary elementwise ops -> Conv (constant weight, group 1, stride and
+    dilation 1, output the size of its input, fewer output than input channels), each value used only by the
+    next, as the unary ops on the phases, one Conv of every output phase over all s * s phase planes, and a
+    DepthToSpace of its output: the same results up to float rounding."""
+    model = _copy(model)
+    graph = model.graph
+    constants = {init.name: init for init in graph.initializer}
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in _inferred_values(model)
+        if v.type.tensor_type.HasField("shape")
+    }
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def only_user(name: str) -> onnx.NodeProto | None:
+        found = users.get(name, [])
+        return found[0] if len(found) == 1 and name not in outputs else None
+
+    replaced: dict[str, list[onnx.NodeProto]] = {}  # id of the DepthToSpace -> the nodes replacing the pattern
+    dropped: set[int] = set()
+    for node in graph.node:
+        attributes = _attributes(node)
+        if node.op_type != "DepthToSpace" or attributes.get("mode", b"DCR") not in (b"DCR", "DCR"):
+            continue
+        chain, user = [], only_user(node.output[0])
+        while user is not None and user.op_type in _UNARY and len(user.input) == 1:
+            chain.append(user)
+            user = only_user(user.output[0])
+        if user is None or user.op_type != "Conv" or user.input[1] not in constants:
+            continue
+        conv, conv_attributes = user, _attributes(user)
+        weight = numpy_helper.to_array(constants[conv.input[1]])  # [C_out, C, k_h, k_w]
+        stride, shape = attributes["blocksize"], shapes.get(node.input[0], [])
+        pads = list(conv_attributes.get("pads", [0, 0, 0, 0]))
+        plain = (
+            weight.ndim == 4
+            and len(shape) == 4
+            and shape[1] == stride * stride * weight.shape[1]
+            and weight.shape[0] < weight.shape[1]
+            and (len(conv.input) < 3 or not conv.input[2] or conv.input[2] in constants)
+            and conv_attributes.get("group", 1) == 1
+            and list(conv_attributes.get("strides", [1, 1])) == [1, 1]
+            and list(conv_attributes.get("dilations", [1, 1])) == [1, 1]
+            and conv_attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+            and pads[0] + pads[2] == weight.shape[2] - 1  # the output keeps the input's size
+            and pads[1] + pads[3] == weight.shape[3] - 1
+        )
+        rows = _interleave_phases(weight.shape[2], pads[0], stride) if plain else None
+        cols = _interleave_phases(weight.shape[3], pads[1], stride) if plain else None
+        if rows is None or cols is None:
+            continue
+        out, channels = conv.output[0], weight.shape[1]
+        nodes, source = [], node.input[0]
+        for index, op in enumerate(chain):  # the unary ops, on the phases
+            copy = onnx.NodeProto()
+            copy.CopyFrom(op)
+            copy.input[0], copy.output[0] = source, f"{out}/phases/{index}"
+            nodes.append(copy)
+            source = copy.output[0]
+        # one Conv for all output phases (output channel (row phase * s + col phase) * C_out + o, the order
+        # DepthToSpace DCR reads), over the offsets any phase reads: one pass over the s * s * C planes
+        row_first = min(offset for taps in rows for _, _, offset in taps)
+        col_first = min(offset for taps in cols for _, _, offset in taps)
+        height = max(offset for taps in rows for _, _, offset in taps) - row_first + 1
+        width = max(offset for taps in cols for _, _, offset in taps) - col_first + 1
+        count = weight.shape[0]
+        phase_weight = np.zeros((stride * stride * count, stride * stride * channels, height, width), weight.dtype)
+        for row_phase, row_taps in enumerate(rows):
+            for col_phase, col_taps in enumerate(cols):
+                first = (row_phase * stride + col_phase) * count
+                for i, a, row_offset in row_taps:
+                    for j, b, col_offset in col_taps:
+                        block = (a * stride + b) * channels
+                        phase_weight[
+                            first : first + count,
+                            block : block + channels,
+                            row_offset - row_first,
+                            col_offset - col_first,
+                        ] = weight[:, :, i, j]
+        graph.initializer.append(numpy_helper.from_array(phase_weight, f"{out}/phases/weight"))
+        bias = []
+        if len(conv.input) > 2 and conv.input[2]:
+            bias_values = np.tile(numpy_helper.to_array(constants[conv.input[2]]), stride * stride)
+            graph.initializer.append(numpy_helper.from_array(bias_values, f"{out}/phases/bias"))
+            bias = [f"{out}/phases/bias"]
+        phase_pads = [-row_first, -col_first, height - 1 + row_first, width - 1 + col_first]
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [source, f"{out}/phases/weight", *bias],
+                [f"{out}/phases"],
+                kernel_shape=[height, width],
+                pads=phase_pads,
+            )
+        )
+        nodes.append(helper.make_node("DepthToSpace", [f"{out}/phases"], [out], blocksize=stride, mode="DCR"))
+        replaced[id(node)] = nodes
+        dropped.update(id(op) for op in [*chain, conv])
+    if replaced:
+        rebuilt = []
+        for node in graph.node:
+            if id(node) in replaced:
+                rebuilt.extend(replaced[id(node)])
+            elif id(node) not in dropped:
+                rebuilt.append(node)
+        _replace_nodes(model, rebuilt)
+        _drop_unused(model)
     return model

@@ -1,6 +1,6 @@
 """Graph rewrites (export_tools.rewrites): same results, each weight held once, ReLU backward as a
 mask product, int8 activations scaled per row so a small sample next to large ones keeps its resolution,
-and transposed convolutions as sub-pixel convolutions."""
+transposed convolutions as sub-pixel convolutions, and interleaves moved past convolutions to fewer channels."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from torch import nn
 from export_tools.export import export_class_grad, export_composite_class_grad, export_generator
 from export_tools.quantize import int8_dynamic_model
 from export_tools.rewrites import (
+    interleaves_after_convolutions,
     matmul_weights_model,
     multiply_by_masks,
     normalise_rows,
@@ -217,3 +218,114 @@ def test_exported_generator_and_composite_graphs_have_no_2d_transposed_convoluti
         assert "DepthToSpace" in {n.op_type for n in nodes}
         left = [n for n in nodes if n.op_type == "ConvTranspose"]  # the composite's 3-d LRN backward stays
         assert all(len(helper.get_attribute_value(a)) == 3 for n in left for a in n.attribute if a.name == "strides")
+
+
+def _interleave_then_convolution_model(
+    conv: nn.Conv2d, stride: int, in_hw: tuple[int, int], mode: str = "DCR", chain: tuple[str, ...] = ("LeakyRelu",)
+) -> onnx.ModelProto:
+    """x [B, s * s * C, h, w] -> conv(unary ops(DepthToSpace(x))) as ONNX nodes, the module's weights."""
+    nodes = [helper.make_node("DepthToSpace", ["x"], ["interleaved"], blocksize=stride, mode=mode)]
+    source = "interleaved"
+    for index, op in enumerate(chain):
+        nodes.append(helper.make_node(op, [source], [f"u{index}"]))
+        source = f"u{index}"
+    inputs, initializers = [source, "weight"], [numpy_helper.from_array(conv.weight.detach().numpy(), "weight")]
+    if conv.bias is not None:
+        inputs.append("bias")
+        initializers.append(numpy_helper.from_array(conv.bias.detach().numpy(), "bias"))
+    nodes.append(
+        helper.make_node(
+            "Conv", inputs, ["y"], pads=[*conv.padding, *conv.padding], strides=list(conv.stride), group=conv.groups
+        )
+    )
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", stride * stride * conv.in_channels, *in_hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", conv.out_channels, "h", "w"])
+    return _model(nodes, [x], [y], initializers)
+
+
+@pytest.mark.parametrize(
+    "stride, kernel, padding, bias, chain",
+    [
+        (2, 3, 1, True, ("LeakyRelu",)),
+        (2, 3, 1, False, ()),
+        (2, 1, 0, True, ("Relu", "Sigmoid")),
+        (2, 5, 2, True, ("LeakyRelu",)),
+        (3, 3, 1, True, ("Tanh",)),
+    ],
+)
+def test_interleave_moves_past_a_convolution_to_fewer_channels_with_the_same_results(
+    stride, kernel, padding, bias, chain
+):
+    torch.manual_seed(kernel * 10 + stride)
+    conv = nn.Conv2d(6, 2, kernel, 1, padding, bias=bias)
+    model = _interleave_then_convolution_model(conv, stride, (4, 5), chain=chain)
+    moved = interleaves_after_convolutions(model)
+    ops = [n.op_type for n in moved.graph.node]
+    assert ops == [*chain, "Conv", "DepthToSpace"]  # the interleave now moves the 2 channels, not the 6
+    x = RNG.standard_normal((3, stride * stride * 6, 4, 5)).astype(np.float32)
+    with torch.no_grad():
+        want = conv(_torch_unary(chain, _depth_to_space_dcr(torch.from_numpy(x), stride))).numpy()
+    np.testing.assert_allclose(_run(moved, x=x)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def _depth_to_space_dcr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """ONNX DepthToSpace in DCR mode (PyTorch's pixel_shuffle is the CRD order)."""
+    batch, depth, height, width = x.shape
+    blocks = x.reshape(batch, s, s, depth // (s * s), height, width).permute(0, 3, 4, 1, 5, 2)
+    return blocks.reshape(batch, depth // (s * s), height * s, width * s)
+
+
+def _torch_unary(chain: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
+    ops = {"LeakyRelu": lambda t: nn.functional.leaky_relu(t, 0.01), "Relu": torch.relu}
+    ops.update(Sigmoid=torch.sigmoid, Tanh=torch.tanh)
+    for op in chain:
+        x = ops[op](x)
+    return x
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["as many output channels", "strided", "grouped", "CRD interleave", "output size changes", "interleave used twice"],
+)
+def test_interleaves_the_rewrite_does_not_handle_are_kept(change):
+    torch.manual_seed(3)
+    out_channels = 6 if change == "as many output channels" else 2
+    groups, stride = (2, 1) if change == "grouped" else (1, 2 if change == "strided" else 1)
+    padding = 0 if change == "output size changes" else 1
+    conv = nn.Conv2d(6, out_channels, 3, stride, padding, groups=groups)
+    mode = "CRD" if change == "CRD interleave" else "DCR"
+    model = _interleave_then_convolution_model(conv, 2, (4, 5), mode=mode)
+    if change == "interleave used twice":
+        model.graph.output.append(helper.make_tensor_value_info("interleaved", TensorProto.FLOAT, None))
+    kept = interleaves_after_convolutions(model)
+    assert [n.op_type for n in kept.graph.node] == ["DepthToSpace", "LeakyRelu", "Conv"]
+    x = RNG.standard_normal((2, 24, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(_run(kept, x=x)[0], _run(model, x=x)[0])
+
+
+class _ConvAfterDeconvGenerator(nn.Module):
+    """z [B, D] -> x [B, 3, 10, 10]: a stride-2 transposed convolution, then a 3x3 convolution to 3 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(D, 8 * 5 * 5)
+        self.deconv = nn.ConvTranspose2d(8, 8, 4, 2, 1)
+        self.to_rgb = nn.Conv2d(8, 3, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.leaky_relu(self.deconv(self.fc(z).view(-1, 8, 5, 5)), 0.2)
+        return torch.tanh(self.to_rgb(h))
+
+
+def test_an_exported_generator_interleaves_its_three_channels_not_the_eight_before_them(tmp_path):
+    torch.manual_seed(0)
+    spec = tiny_networks.tiny_spec()
+    dims = GraphDims(latent_dim=D, num_classes=K, image_hw=spec.image_hw)
+    export_generator(_ConvAfterDeconvGenerator(), spec.generator_convention, dims, tmp_path / "g.onnx")  # validated
+    model = onnx.load(tmp_path / "g.onnx")
+    producers = {out: node for node in model.graph.node for out in node.output}
+    (interleave,) = [n for n in model.graph.node if n.op_type == "DepthToSpace"]
+    convolution = producers[interleave.input[0]]
+    assert convolution.op_type == "Conv"
+    weight = next(i for i in model.graph.initializer if i.name == convolution.input[1])
+    assert list(weight.dims[:2]) == [4 * 3, 4 * 8]  # every output phase of the 3 channels, from the 4 phases of 8
