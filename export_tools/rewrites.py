@@ -78,6 +78,15 @@ def _inferred_values(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
 
 
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Each value's shape as shape inference gives it (None for a symbolic or unknown size)."""
+    return {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in _inferred_values(model)
+        if v.type.tensor_type.HasField("shape")
+    }
+
+
 def _matrix_inputs(model: onnx.ModelProto) -> set[str]:
     """Names of the values that shape inference proves to be 2-d (Gemm takes only matrices)."""
     return {
@@ -298,11 +307,7 @@ def transposed_convolutions_as_convolutions(model: onnx.ModelProto) -> onnx.Mode
     model = _copy(model)
     graph = model.graph
     constants = {init.name: init for init in graph.initializer}
-    shapes = {
-        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-        for v in _inferred_values(model)
-        if v.type.tensor_type.HasField("shape")
-    }
+    shapes = _inferred_shapes(model)
     make, nodes = helper.make_node, []
     for node in graph.node:
         shape = shapes.get(node.input[0], [])
@@ -356,11 +361,7 @@ def interleaves_after_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     model = _copy(model)
     graph = model.graph
     constants = {init.name: init for init in graph.initializer}
-    shapes = {
-        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-        for v in _inferred_values(model)
-        if v.type.tensor_type.HasField("shape")
-    }
+    shapes = _inferred_shapes(model)
     users: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
