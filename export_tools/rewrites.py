@@ -306,6 +306,8 @@ def transposed_convolutions_as_convolutions(model: onnx.ModelProto) -> onnx.Mode
     float rounding. Other ConvTranspose nodes are left as they are."""
     model = _copy(model)
     graph = model.graph
+    if not any(node.op_type == "ConvTranspose" for node in graph.node):
+        return model  # nothing to rewrite: no shape inference
     constants = {init.name: init for init in graph.initializer}
     shapes = _inferred_shapes(model)
     make, nodes = helper.make_node, []
@@ -360,6 +362,8 @@ def interleaves_after_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     DepthToSpace of its output: the same results up to float rounding."""
     model = _copy(model)
     graph = model.graph
+    if not any(node.op_type == "DepthToSpace" for node in graph.node):
+        return model  # nothing to rewrite: no shape inference
     constants = {init.name: init for init in graph.initializer}
     shapes = _inferred_shapes(model)
     users: dict[str, list[onnx.NodeProto]] = {}
@@ -372,7 +376,7 @@ def interleaves_after_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
         found = users.get(name, [])
         return found[0] if len(found) == 1 and name not in outputs else None
 
-    replaced: dict[str, list[onnx.NodeProto]] = {}  # id of the DepthToSpace -> the nodes replacing the pattern
+    replaced: dict[int, list[onnx.NodeProto]] = {}  # id of the DepthToSpace -> the nodes replacing the pattern
     dropped: set[int] = set()
     for node in graph.node:
         attributes = _attributes(node)

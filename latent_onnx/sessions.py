@@ -110,13 +110,13 @@ _SERIAL_FASTER: dict[tuple, bool] = {}
 # a mismatch or a failed capture turns capture off for the graph.
 CAPTURED_ROLES = ("class_grad", "caption_grad")
 CAPTURED_BATCHES = 8
+CAPTURE_CHECK_RUNS = 4
 
 # Graphs run once per batch, between the chains (decode, encode, judge), are not interleaved with the
 # sampler's NumPy work, so their workers spin between nodes (ONNX Runtime's default) instead of sleeping:
 # fashion-colors' generator, a hundred-odd nodes, took 0.68 / 15.9 ms at batch 1 / 64 spinning against
 # 1.0 / 17.4 ms sleeping on a 2-core Intel Xeon with AMX (480 MiB L3).
 SPINNING_ROLES = ("generator", "encoder", "classifier")
-CAPTURE_CHECK_RUNS = 4
 
 
 @dataclass
@@ -241,9 +241,9 @@ class GraphRunner:
         self._check_signature("input", session.get_inputs(), self.inputs)
         self._check_signature("output", session.get_outputs(), self.outputs)
         self.output_names = [name for name, _, _ in self.outputs]
-        # what run() checks, worked out once: (name, dtype, sizes of the axes after the batch)
+        # what run() checks, worked out once: (name, dtype[, symbols], sizes of the axes after the batch)
         self._input_names = {name for name, _, _ in self.inputs}
-        self._input_checks = [(name, dtype, tuple(self._expected(dims)[1:])) for name, dtype, dims in self.inputs]
+        self._input_checks = [(name, dtype, dims, tuple(self._expected(dims)[1:])) for name, dtype, dims in self.inputs]
         self._output_checks = [(name, dtype, tuple(self._expected(dims)[1:])) for name, dtype, dims in self.outputs]
         self._open_single_row = open_single_row
         self._timed_key = timed_key
@@ -329,7 +329,7 @@ class GraphRunner:
         if feeds.keys() != self._input_names:
             raise InputError(f"graph {self.role} takes inputs {[n for n, _, _ in self.inputs]}, got {sorted(feeds)}")
         batch = None
-        for (name, dtype, trailing), (_, _, symbols) in zip(self._input_checks, self.inputs):
+        for name, dtype, symbols, trailing in self._input_checks:
             array = feeds[name]
             if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != len(symbols):
                 raise InputError(
